@@ -1,0 +1,95 @@
+"""Backbone registry: a name ("mobilenetv2") maps to a builder.
+
+Every builder has the signature ``builder(inputs, alpha, weights, **options)`` and returns
+the three feature maps ``[C3, C4, C5]`` at strides 8, 16 and 32 of ``inputs``. Adding a
+backbone means writing one builder module and one ``register`` call; nothing else changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    builder: Callable
+    alphas: tuple  # valid width multipliers / scales for this family
+    default_alpha: float
+    keras_applications: bool  # True when ImageNet weights come from keras.applications
+    paper: str = ""
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+# Modules that register backbones on import (one per family).
+_MODULES = (
+    "nets.backbones.keras_apps",
+    "nets.backbones.ghostnet",
+    "nets.backbones.shufflenet",
+    "nets.backbones.squeezenet",
+    "nets.backbones.cspdarknet",
+)
+_loaded = False
+
+
+def register(name: str, builder: Callable, alphas: Sequence[float], default_alpha: float = 1.0,
+             keras_applications: bool = False, paper: str = "") -> None:
+    name = name.lower()
+    if name in _REGISTRY:
+        raise ValueError(f"backbone {name!r} is registered twice")
+    _REGISTRY[name] = BackboneSpec(name, builder, tuple(float(a) for a in alphas),
+                                   float(default_alpha), keras_applications, paper)
+
+
+def _load_all() -> None:
+    global _loaded
+    if not _loaded:
+        for module in _MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def available_backbones() -> list[str]:
+    """Registered backbone names, in registration order."""
+    _load_all()
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    _load_all()
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(_REGISTRY)}")
+    return _REGISTRY[key]
+
+
+def check_alpha(name: str, alpha: float | None) -> float:
+    """Return the alpha to use for ``name`` (its default when None); error if invalid."""
+    spec = get_spec(name)
+    if alpha is None:
+        return spec.default_alpha
+    if not any(abs(float(alpha) - a) < 1e-9 for a in spec.alphas):
+        valid = ", ".join(f"{a:g}" for a in spec.alphas)
+        raise ValueError(f"alpha {alpha:g} is not valid for backbone {spec.name!r}; valid: {valid}")
+    return float(alpha)
+
+
+def build_backbone(name: str, inputs, alpha: float | None = None, weights=None, **options):
+    """Build backbone ``name`` on the Keras tensor ``inputs``.
+
+    Returns ``[C3, C4, C5]``: feature maps at strides 8, 16 and 32.
+    ``weights`` is None (random init, the default: no download), "imagenet" (only for
+    keras.applications families) or a path to a local weights file for the backbone.
+    """
+    spec = get_spec(name)
+    alpha = check_alpha(name, alpha)
+    if weights not in (None, "none") and not spec.keras_applications and weights == "imagenet":
+        raise ValueError(
+            f"backbone {spec.name!r} has no ImageNet weights in keras.applications; "
+            "use weights=None or a local weights file")
+    feats = spec.builder(inputs, alpha=alpha, weights=None if weights == "none" else weights, **options)
+    if len(feats) != 3:
+        raise RuntimeError(f"backbone {spec.name!r} returned {len(feats)} maps, expected 3")
+    return list(feats)

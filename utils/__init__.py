@@ -1,0 +1,1 @@
+"""Library code: data, augmentation, targets, decode/NMS, metrics, export, drawing."""
