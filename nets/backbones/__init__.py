@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Callable, Sequence
+
+import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,17 +82,37 @@ def check_alpha(name: str, alpha: float | None) -> float:
 def build_backbone(name: str, inputs, alpha: float | None = None, weights=None, **options):
     """Build backbone ``name`` on the Keras tensor ``inputs``.
 
-    Returns ``[C3, C4, C5]``: feature maps at strides 8, 16 and 32.
-    ``weights`` is None (random init, the default: no download), "imagenet" (only for
-    keras.applications families) or a path to a local weights file for the backbone.
+    ``inputs`` holds RGB images as floats in [0, 255]; each builder applies its own input
+    normalisation (a Rescaling/Normalization layer), so the pre-processing travels with the
+    saved model. Returns ``[C3, C4, C5]``: feature maps at strides 8, 16 and 32.
+
+    ``weights``: None or "none" (random init, the default: nothing is downloaded),
+    "imagenet" (keras.applications families only), or the path of a ``.weights.h5`` file
+    saved from ``keras.Model(inputs, build_backbone(...))`` of the same name and alpha.
     """
     spec = get_spec(name)
     alpha = check_alpha(name, alpha)
-    if weights not in (None, "none") and not spec.keras_applications and weights == "imagenet":
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    if weights == "imagenet" and not spec.keras_applications:
         raise ValueError(
             f"backbone {spec.name!r} has no ImageNet weights in keras.applications; "
-            "use weights=None or a local weights file")
-    feats = spec.builder(inputs, alpha=alpha, weights=None if weights == "none" else weights, **options)
+            "use weights=None or the path of a local backbone weights file")
+    local_file = None
+    if weights not in (None, "imagenet"):
+        local_file = os.fspath(weights)
+        if not os.path.isfile(local_file):
+            raise FileNotFoundError(f"backbone weights file not found: {local_file}")
+        weights = None
+    feats = spec.builder(inputs, alpha=alpha, weights=weights, **options)
     if len(feats) != 3:
         raise RuntimeError(f"backbone {spec.name!r} returned {len(feats)} maps, expected 3")
+    if local_file is not None:
+        probe = keras.Model(inputs, list(feats), name=f"{spec.name}_backbone")
+        try:
+            probe.load_weights(local_file)
+        except Exception as exc:  # h5py/keras raise several types; the user needs one message
+            raise ValueError(
+                f"could not load backbone weights {local_file} into {spec.name!r} "
+                f"(alpha {alpha:g}): {exc}") from exc
     return list(feats)
