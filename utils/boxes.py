@@ -47,3 +47,28 @@ def wh_iou(wh_a, wh_b):
     inter = np.minimum(wh_a[:, None, 0], wh_b[None, :, 0]) * np.minimum(wh_a[:, None, 1], wh_b[None, :, 1])
     union = wh_a.prod(1)[:, None] + wh_b.prod(1)[None, :] - inter
     return (inter / np.maximum(union, 1e-12)).astype(np.float32)
+
+
+def box_diou_tf(a, b, eps: float = 1e-9):
+    """Element-wise (broadcasting) IoU and DIoU of xyxy boxes, TensorFlow, differentiable.
+
+    Returns ``(iou, diou)`` with the shape of the broadcast leading axes. DIoU (Zheng et al.
+    2020) = IoU - d^2 / c^2, d = distance between the centres, c = diagonal of the smallest
+    box enclosing both. Used by DIoU-NMS (utils/decode.py); tf.image has no DIoU op.
+    """
+    import tensorflow as tf
+
+    a = tf.convert_to_tensor(a, tf.float32)
+    b = tf.convert_to_tensor(b, tf.float32)
+    ax1, ay1, ax2, ay2 = tf.unstack(a, 4, axis=-1)
+    bx1, by1, bx2, by2 = tf.unstack(b, 4, axis=-1)
+    iw = tf.maximum(tf.minimum(ax2, bx2) - tf.maximum(ax1, bx1), 0.0)
+    ih = tf.maximum(tf.minimum(ay2, by2) - tf.maximum(ay1, by1), 0.0)
+    inter = iw * ih
+    area_a = tf.maximum(ax2 - ax1, 0.0) * tf.maximum(ay2 - ay1, 0.0)
+    area_b = tf.maximum(bx2 - bx1, 0.0) * tf.maximum(by2 - by1, 0.0)
+    iou = inter / tf.maximum(area_a + area_b - inter, eps)
+    centre_d2 = ((ax1 + ax2 - bx1 - bx2) ** 2 + (ay1 + ay2 - by1 - by2) ** 2) / 4.0
+    diag2 = (tf.maximum(ax2, bx2) - tf.minimum(ax1, bx1)) ** 2 + (tf.maximum(ay2, by2) - tf.minimum(ay1, by1)) ** 2
+    return iou, iou - centre_d2 / tf.maximum(diag2, eps)
+
