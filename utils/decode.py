@@ -19,10 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from utils.boxes import box_diou_tf
+from utils.targets import ANCHOR_MASKS, STRIDES  # noqa: F401  (the one place they are defined)
 
 PACKAGE = "yolov4lite"
-ANCHOR_MASKS = ((6, 7, 8), (3, 4, 5), (0, 1, 2))
-STRIDES = (32, 16, 8)
 NMS_KINDS = ("iou", "diou")
 DEFAULT_PRE_NMS_TOPK = 1000
 
