@@ -1,0 +1,193 @@
+"""Detector: images in, detections in source-image pixels out.
+
+    images (uint8 RGB, any sizes) --letterbox (NumPy/cv2)--> (B, H, W, 3) uint8
+        --ONE tf.function: cast to float [0, 255], model, decode, NMS--> padded tensors
+        --unletterbox (NumPy)--> per image {"boxes", "scores", "classes"}
+
+The model and the post-processing are also compiled separately (``forward`` and
+``postprocess``) so that ``detect_timed`` can report where the time goes (predict.py's fps
+mode). Thresholds are tensor arguments of the compiled functions: changing them does not
+retrace; the NMS kind and ``pre_nms_topk`` are Python values (one trace each).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from utils.decode import DEFAULT_PRE_NMS_TOPK, NMS_KINDS, postprocess
+from utils.letterbox import letterbox_image, unletterbox_boxes
+
+META_KEYS = ("class_names", "anchors", "input_shape")
+
+
+class Detector:
+    """A yolo body plus its metadata, ready to detect.
+
+    ``meta``: dict with ``class_names``, ``anchors`` (9, 2) network-input pixels,
+    ``input_shape`` (H, W[, 3]) and, for information, ``backbone`` and ``alpha`` (the dict
+    utils.checkpoint.load_detector returns). The keyword arguments are the defaults of
+    :meth:`detect`.
+    """
+
+    def __init__(self, model, meta: dict, score_thresh: float = 0.25, iou_thresh: float = 0.45,
+                 max_det: int = 100, nms: str = "iou", pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK):
+        missing = [k for k in META_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f"detector metadata lacks {', '.join(missing)}")
+        self.model = model
+        self.meta = dict(meta)
+        self.class_names = [str(c) for c in meta["class_names"]]
+        self.num_classes = len(self.class_names)
+        self.anchors = np.asarray(meta["anchors"], np.float32).reshape(-1, 2)
+        self.input_hw = (int(meta["input_shape"][0]), int(meta["input_shape"][1]))
+        self.backbone = meta.get("backbone")
+        self.alpha = meta.get("alpha")
+        if self.anchors.shape != (9, 2):
+            raise ValueError(f"detector metadata holds {self.anchors.shape[0]} anchors; 9 are needed")
+        model_hw = tuple(model.inputs[0].shape[1:3])
+        if None not in model_hw and model_hw != self.input_hw:
+            raise ValueError(f"model input is {model_hw[0]}x{model_hw[1]} but the metadata says "
+                             f"{self.input_hw[0]}x{self.input_hw[1]}")
+        out_ch = int(model.outputs[0].shape[-1])
+        if len(model.outputs) != 3 or out_ch != 3 * (5 + self.num_classes):
+            raise ValueError(f"model has {len(model.outputs)} outputs with {out_ch} channels; a detector for "
+                             f"{self.num_classes} classes needs 3 outputs with {3 * (5 + self.num_classes)}")
+        self.defaults = dict(score_thresh=float(score_thresh), iou_thresh=float(iou_thresh),
+                             max_det=int(max_det), nms=self._check_nms(nms))
+        self.pre_nms_topk = int(pre_nms_topk or 0)
+        image_spec = tf.TensorSpec((None, *self.input_hw, 3), tf.uint8)
+        self._forward = tf.function(self._forward_impl, input_signature=[image_spec])
+        self._compiled = {}  # nms kind -> (fused, post) tf.functions
+
+    @classmethod
+    def from_file(cls, path, **kwargs) -> "Detector":
+        """Load a ``.keras`` detector written by train.py (utils.checkpoint.load_detector)."""
+        from utils.checkpoint import load_detector
+        model, meta = load_detector(path)
+        return cls(model, meta, **kwargs)
+
+    # ------------------------------------------------------------------ compiled parts
+
+    @staticmethod
+    def _check_nms(nms):
+        nms = str(nms).lower()
+        if nms not in NMS_KINDS:
+            raise ValueError(f"unknown NMS kind {nms!r}; valid: {', '.join(NMS_KINDS)}")
+        return nms
+
+    def _forward_impl(self, images):
+        heads = self.model(tf.cast(images, tf.float32), training=False)
+        return [tf.cast(h, tf.float32) for h in heads]  # float16 under mixed precision
+
+    def _functions(self, nms):
+        if nms not in self._compiled:
+            def post(outputs, score_thresh, iou_thresh, max_det):
+                return postprocess(outputs, self.anchors, self.input_hw, self.num_classes, score_thresh,
+                                   iou_thresh, max_det, nms=nms, pre_nms_topk=self.pre_nms_topk)
+
+            def fused(images, score_thresh, iou_thresh, max_det):
+                return post(self._forward_impl(images), score_thresh, iou_thresh, max_det)
+
+            scalars = [tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32)]
+            head_specs = [tf.TensorSpec(o.shape, tf.float32) for o in self.model.outputs]
+            self._compiled[nms] = (
+                tf.function(fused, input_signature=[tf.TensorSpec((None, *self.input_hw, 3), tf.uint8), *scalars]),
+                tf.function(post, input_signature=[head_specs, *scalars]))
+        return self._compiled[nms]
+
+    def _options(self, score_thresh, iou_thresh, max_det, nms):
+        d = self.defaults
+        return (tf.constant(d["score_thresh"] if score_thresh is None else score_thresh, tf.float32),
+                tf.constant(d["iou_thresh"] if iou_thresh is None else iou_thresh, tf.float32),
+                tf.constant(d["max_det"] if max_det is None else max_det, tf.int32),
+                self._check_nms(d["nms"] if nms is None else nms))
+
+    # ------------------------------------------------------------------ steps
+
+    def preprocess(self, images):
+        """Letterbox a list of uint8 RGB images -> ((B, H, W, 3) uint8 batch, [Letterbox])."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise ValueError("detect() takes a list of images; wrap a single image in a list")
+        batch, boxes = [], []
+        for i, image in enumerate(images):
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"image {i}: expected a uint8 HxWx3 RGB array, got {image.dtype} "
+                                 f"{image.shape} (read files with utils.voc.read_image)")
+            canvas, lb = letterbox_image(image, self.input_hw)
+            batch.append(canvas)
+            boxes.append(lb)
+        if not batch:
+            return np.zeros((0, *self.input_hw, 3), np.uint8), []
+        return np.stack(batch), boxes
+
+    def infer(self, batch, score_thresh=None, iou_thresh=None, max_det=None, nms=None):
+        """Letterboxed uint8 batch -> padded NumPy (boxes, scores, classes, num_valid), network pixels."""
+        s, i, m, kind = self._options(score_thresh, iou_thresh, max_det, nms)
+        fused, _ = self._functions(kind)
+        return tuple(t.numpy() for t in fused(tf.convert_to_tensor(batch, tf.uint8), s, i, m))
+
+    def forward(self, batch):
+        """The model alone: letterboxed uint8 batch -> the 3 raw heads (tensors)."""
+        return self._forward(tf.convert_to_tensor(batch, tf.uint8))
+
+    def postprocess(self, heads, score_thresh=None, iou_thresh=None, max_det=None, nms=None):
+        """Decode + NMS alone: raw heads -> padded NumPy (boxes, scores, classes, num_valid)."""
+        s, i, m, kind = self._options(score_thresh, iou_thresh, max_det, nms)
+        _, post = self._functions(kind)
+        return tuple(t.numpy() for t in post(list(heads), s, i, m))
+
+    @staticmethod
+    def finish(padded, letterboxes):
+        """Padded network-pixel detections -> per image dicts in source-image pixels.
+
+        Boxes are clipped to the image; a box that lies wholly in the letterbox padding
+        (zero width or height after clipping) is dropped.
+        """
+        boxes, scores, classes, num_valid = padded
+        results = []
+        for k, lb in enumerate(letterboxes):
+            n = int(num_valid[k])
+            b = unletterbox_boxes(boxes[k, :n], lb)
+            keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+            results.append({"boxes": b[keep].astype(np.float32),
+                            "scores": scores[k, :n][keep].astype(np.float32),
+                            "classes": classes[k, :n][keep].astype(np.int64)})
+        return results
+
+    # ------------------------------------------------------------------ public
+
+    def detect(self, images, score_thresh=None, iou_thresh=None, max_det=None, nms=None, batch_size=None):
+        """Detect objects in a list of uint8 HxWx3 RGB images.
+
+        Returns one dict per image: ``boxes`` (N, 4) float32 xyxy source pixels, ``scores``
+        (N,) float32, ``classes`` (N,) int64, best first. Arguments left None take the
+        defaults given to the constructor. ``batch_size`` None runs the list as one batch.
+        """
+        images = list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else images
+        step = batch_size or max(1, len(images))
+        results = []
+        for start in range(0, len(images), step):
+            batch, lbs = self.preprocess(images[start:start + step])
+            results += self.finish(self.infer(batch, score_thresh, iou_thresh, max_det, nms), lbs)
+        return results
+
+    def detect_timed(self, images, score_thresh=None, iou_thresh=None, max_det=None, nms=None):
+        """``detect`` on one batch with the time of each step (seconds).
+
+        Returns ``(results, {"preprocess": s, "model": s, "postprocess": s, "total": s})``:
+        letterboxing; the model's forward pass (waited for); decode + NMS + unletterbox.
+        Call once first to exclude tracing from the numbers.
+        """
+        t0 = time.perf_counter()
+        batch, lbs = self.preprocess(images)
+        t1 = time.perf_counter()
+        heads = self.forward(batch)
+        for h in heads:  # wait for the device: reading one element forces the computation
+            h[:1, :1, :1, :1].numpy()
+        t2 = time.perf_counter()
+        results = self.finish(self.postprocess(heads, score_thresh, iou_thresh, max_det, nms), lbs)
+        t3 = time.perf_counter()
+        return results, {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
