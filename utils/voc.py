@@ -1,9 +1,67 @@
-"""VOC-layout datasets: records of (image path, boxes, labels, difficult flags)."""
+"""VOC-layout datasets: records of (image path, boxes, labels, difficult flags).
+
+Everything before augmentation lives here: class lists, the one image reader, VOC XML
+parsing, loading a split of one or several VOC roots (or of a flat folder pair), making
+splits, and dataset statistics for ``voc_annotation.py check``.
+
+Conventions
+-----------
+* Boxes are float32 xyxy in the *stored* pixel frame of the image file, with the VOC values
+  as written (1-based inclusive pixels for files from labelImg / the VOC devkit). EXIF
+  orientation is never applied, neither by :func:`read_image` nor by the size check, so
+  pixels and boxes always agree. (``cv2.imread`` with ``IMREAD_COLOR`` *does* rotate by EXIF;
+  that is one reason the project reads images with PIL, which does not unless asked.)
+* Difficult objects are kept with ``difficult=True``; the training pipeline drops them from
+  targets, evaluation ignores them as VOC does.
+* Bad input never stops a load: each problem becomes one message naming the file and the
+  problem, the bad box or image is dropped, the rest goes on, and ONE summary line is logged
+  at the end. Messages go through the ``log`` callable (default ``print``; pass
+  ``messages.append`` to capture them, ``None`` to silence), once per problem per load.
+  Boxes of a class that is not in the class list are reported once per class name (with a
+  count and the first file) rather than once per box, so training on a subset of the VOC
+  classes stays readable. A load that ends with zero usable images raises
+  :class:`DatasetError`.
+* Splits made on the spot (and by ``voc_annotation.py``) are deterministic: ids are ordered by
+  SHA-1 of ``"<seed>:<id>"`` and cut in the order train, val, test with the largest-remainder
+  rounding of ``n * ratio``. The order depends only on the seed and the id itself, not on the
+  file system, the NumPy version or the other ids.
+"""
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
+import math
+import os
+import pathlib
+from typing import Callable, Iterable, Mapping, Sequence
+from xml.etree.ElementTree import ParseError
 
+import defusedxml.ElementTree as SafeET
 import numpy as np
+from defusedxml import DefusedXmlException
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+SPLIT_ORDER = ("train", "val", "test")
+SPLIT_FILES = ("train", "val", "test", "trainval")
+# COCO's area thresholds (pixels^2) for small / medium / large objects.
+COCO_SMALL, COCO_MEDIUM = 32 ** 2, 96 ** 2
+ALPHA_BACKGROUND = 128  # RGBA images are composited over the letterbox grey
+
+Log = Callable[[str], None] | None
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used at all (missing folder, no usable image, bad split)."""
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read (missing, corrupt, truncated, unsupported)."""
+
+
+class AnnotationError(ValueError):
+    """A VOC XML file that cannot be used at all (malformed, hostile, not a VOC annotation)."""
 
 
 @dataclasses.dataclass
@@ -26,3 +84,708 @@ class VocRecord:
     def image_id(self) -> str:
         import os
         return os.path.splitext(os.path.basename(self.image_path))[0]
+
+
+# ----------------------------------------------------------------------------- class names
+
+def read_class_names(path) -> list[str]:
+    """Class names, one per line; blank lines and lines starting with '#' are ignored.
+
+    Raises FileNotFoundError / ValueError naming the file (missing, empty, duplicate name).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class list not found: {path}")
+    names, seen = [], {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name in seen:
+            raise ValueError(f"{path}: duplicate class name {name!r} on lines {seen[name]} and {lineno}")
+        seen[name] = lineno
+        names.append(name)
+    if not names:
+        raise ValueError(f"{path}: no class names in the file")
+    return names
+
+
+def _class_list(class_names) -> list[str]:
+    if isinstance(class_names, (str, os.PathLike)):
+        return read_class_names(class_names)
+    names = [str(n) for n in class_names]
+    dup = [n for n, c in collections.Counter(names).items() if c > 1]
+    if dup:
+        raise ValueError(f"duplicate class names: {dup}")
+    if not names:
+        raise ValueError("empty class list")
+    return names
+
+
+# ----------------------------------------------------------------------------- images
+
+def read_image(path) -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) RGB: the one image reader of the project.
+
+    PIL is used (and not ``cv2.imread``) because it raises on truncated files, where OpenCV
+    silently returns a grey-filled image, and because it does not apply EXIF orientation:
+    the array is in the stored pixel frame, the frame the boxes are in. Modes: grayscale and
+    1-bit are replicated to 3 channels; RGBA / LA / palette-with-transparency are
+    composited over grey 128 (the letterbox padding value); palette is expanded; 16-bit
+    ('I;16', 'I') is scaled to 8 bit by round(v * 255 / 65535); CMYK / YCbCr / LAB / HSV are
+    converted by PIL. Raises :class:`ImageReadError` naming the file and the problem.
+    """
+    if isinstance(path, bytes):  # tf.numpy_function hands strings over as bytes
+        path = path.decode("utf-8")
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _to_rgb8(im, path)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: image file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: image too large to decode safely ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for truncated/corrupt data
+        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def _to_rgb8(im: Image.Image, path: str) -> np.ndarray:
+    mode = im.mode
+    if mode == "RGB":
+        arr = np.asarray(im)
+    elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        v = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+        g = ((v * 255 + 32767) // 65535).astype(np.uint8)
+        arr = np.repeat(g[..., None], 3, axis=-1)
+    elif mode == "F":
+        v = np.asarray(im, dtype=np.float32)
+        v = v * 255.0 if np.nanmax(v) <= 1.0 else v
+        g = np.clip(np.nan_to_num(v), 0, 255).round().astype(np.uint8)
+        arr = np.repeat(g[..., None], 3, axis=-1)
+    elif mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA")).astype(np.uint16)
+        a = rgba[..., 3:4]
+        arr = ((rgba[..., :3] * a + ALPHA_BACKGROUND * (255 - a) + 127) // 255).astype(np.uint8)
+    else:  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX, ...
+        try:
+            arr = np.asarray(im.convert("RGB"))
+        except ValueError as e:
+            raise ImageReadError(f"{path}: unsupported image mode {mode!r} ({e})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ImageReadError(f"{path}: could not convert mode {mode!r} to 8-bit RGB (got {arr.shape} {arr.dtype})")
+    return np.ascontiguousarray(arr)
+
+
+def image_size(path) -> tuple[int, int]:
+    """(width, height) of an image file from its header only (PIL opens lazily, no decode).
+
+    The stored frame: EXIF orientation is not applied. Raises :class:`ImageReadError`.
+    """
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+
+
+def verify_image(path) -> None:
+    """Check that an image decodes completely; raise :class:`ImageReadError` if not.
+
+    JPEGs are decoded in PIL's draft mode (libjpeg DCT scaling to about 1/8 size), which
+    still reads every entropy-coded byte, so truncation is caught at a fraction of the cost
+    of a full decode; other formats are decoded fully.
+    """
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+            im.load()
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: image file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def _exif_orientation(path) -> int:
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - only used to enrich a warning
+        return 1
+
+
+# ----------------------------------------------------------------------------- XML
+
+@dataclasses.dataclass
+class _Parsed:
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    width: int
+    height: int
+    filename: str
+    problems: list  # (kind, message)
+    unknown: list  # class names not in the list, one entry per dropped box
+
+
+def _text(node, tag):
+    child = node.find(tag)
+    return None if child is None or child.text is None else child.text.strip()
+
+
+def _parse(xml_path: str, class_index: Mapping[str, int], image_size=None) -> _Parsed:
+    try:
+        tree = SafeET.parse(xml_path, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as e:
+        raise AnnotationError(
+            f"hostile XML rejected: {xml_path}: {type(e).__name__} ({e}); DTDs, entity "
+            "declarations and external references are not allowed in annotations") from None
+    except ParseError as e:
+        raise AnnotationError(f"malformed XML: {xml_path}: {e}") from None
+    except OSError as e:
+        raise AnnotationError(f"unreadable annotation: {xml_path}: {e}") from None
+    root = tree.getroot()
+    if root.tag != "annotation":
+        raise AnnotationError(f"malformed XML: {xml_path}: root element is <{root.tag}>, not <annotation>")
+
+    problems = []
+
+    def problem(kind, text):
+        problems.append((kind, f"{xml_path}: {text}"))
+
+    xml_w = xml_h = None
+    try:
+        xml_w, xml_h = int(float(_text(root, "size/width"))), int(float(_text(root, "size/height")))
+    except (TypeError, ValueError):
+        pass
+    if image_size is not None:
+        width, height = int(image_size[0]), int(image_size[1])
+        if xml_w and xml_h and (xml_w, xml_h) != (width, height):
+            problem("size mismatch", f"size in XML {xml_w}x{xml_h} disagrees with the image {width}x{height} "
+                                     "(read from the image header); trusting the image")
+    elif xml_w and xml_h and xml_w > 0 and xml_h > 0:
+        width, height = xml_w, xml_h
+    else:
+        width = height = 0
+        problem("no size", "no image size in the XML and none given: boxes not checked against the image")
+
+    boxes, labels, difficult, unknown = [], [], [], []
+    for i, obj in enumerate(root.iter("object")):
+        name = _text(obj, "name") or ""
+        what = f"object {i} ({name or 'no name'})"
+        if name not in class_index:
+            unknown.append(name)
+            hint = [c for c in class_index if c.lower() == name.lower()]
+            problem("unknown class", f"{what}: class {name!r} is not in the class list; box dropped"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            continue
+        try:
+            x1, y1, x2, y2 = (float(_text(obj, f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+                raise ValueError("not finite")
+        except (TypeError, ValueError):
+            problem("malformed box", f"{what}: missing or non-numeric <bndbox> values; box dropped")
+            continue
+        coords = f"[{x1:g}, {y1:g}, {x2:g}, {y2:g}]"
+        if x1 >= x2 or y1 >= y2:
+            why = f"xmin {x1:g} >= xmax {x2:g}" if x1 >= x2 else f"ymin {y1:g} >= ymax {y2:g}"
+            problem("zero-area", f"{what}: box {coords} has {why} (zero or negative area); box dropped")
+            continue
+        if width and height:
+            c1, d1, c2, d2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
+            if c1 >= c2 or d1 >= d2:
+                problem("outside image", f"{what}: box {coords} lies outside the {width}x{height} image; box dropped")
+                continue
+            if (c1, d1, c2, d2) != (x1, y1, x2, y2):
+                problem("clipped", f"{what}: box {coords} extends outside the {width}x{height} image; "
+                                   f"clipped to [{c1:g}, {d1:g}, {c2:g}, {d2:g}]")
+                x1, y1, x2, y2 = c1, d1, c2, d2
+        try:
+            diff = bool(int(float(_text(obj, "difficult") or 0)))
+        except ValueError:
+            diff = (_text(obj, "difficult") or "").lower() == "true"
+        boxes.append((x1, y1, x2, y2))
+        labels.append(class_index[name])
+        difficult.append(diff)
+    return _Parsed(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32),
+                   np.asarray(difficult, bool), width, height, _text(root, "filename") or "", problems, unknown)
+
+
+def parse_voc_xml(xml_path, class_names, image_size=None) -> tuple[VocRecord, list[str]]:
+    """Parse one VOC XML file with defusedxml; returns (record, warnings).
+
+    ``image_size`` is (width, height) of the real image (PIL order); when given it is
+    trusted over the XML's <size>, and a disagreement is a warning. The record's
+    ``image_path`` is the XML's <filename> (the loaders replace it with the real path).
+    Boxes that are zero-area, wholly outside the image, malformed or of an unknown class
+    are dropped, boxes partly outside are clipped, each with a warning naming the file.
+    Raises :class:`AnnotationError` for malformed XML and for hostile XML
+    ("hostile XML rejected: ...": DTDs, entity expansion, external entities).
+    """
+    names = _class_list(class_names)
+    p = _parse(os.fspath(xml_path), {n: i for i, n in enumerate(names)}, image_size)
+    rec = VocRecord(p.filename, p.boxes, p.labels, p.difficult, p.width, p.height, os.fspath(xml_path))
+    return rec, [m for _, m in p.problems]
+
+
+# ----------------------------------------------------------------------------- splits
+
+def normalize_ratios(ratios) -> dict[str, float]:
+    """(0.8, 0.1, 0.1) or {"train": .8, ...} -> ordered dict; they must sum to 1."""
+    if isinstance(ratios, Mapping):
+        items = [(str(k), float(v)) for k, v in ratios.items()]
+    else:
+        vals = [float(v) for v in ratios]
+        if not 1 <= len(vals) <= 3:
+            raise ValueError(f"ratios: give 1 to 3 values (train, val, test), got {len(vals)}")
+        items = list(zip(SPLIT_ORDER, vals))
+    if any(not math.isfinite(v) or v < 0 for _, v in items):
+        raise ValueError(f"ratios must be finite and >= 0, got {dict(items)}")
+    if abs(sum(v for _, v in items) - 1.0) > 1e-6:
+        raise ValueError(f"ratios must sum to 1, got {dict(items)} (sum {sum(v for _, v in items):g})")
+    if "trainval" in dict(items):
+        raise ValueError("ratios: 'trainval' is train + val, not a ratio of its own")
+    order = {k: i for i, k in enumerate(SPLIT_ORDER)}
+    return dict(sorted(items, key=lambda kv: order.get(kv[0], len(order))))
+
+
+def split_ids(ids: Iterable[str], ratios, seed: int = 0) -> dict[str, list[str]]:
+    """Deterministic split of ids by ratio; returns {name: sorted ids} plus 'trainval'.
+
+    Ids are ordered by SHA-1 of ``"<seed>:<id>"`` and cut in the order train, val, test;
+    part sizes are ``n * ratio`` rounded by largest remainder, so they sum to n.
+    """
+    ratios = normalize_ratios(ratios)
+    ids = sorted(set(ids))
+    n = len(ids)
+    exact = [n * r for r in ratios.values()]
+    counts = [int(math.floor(e)) for e in exact]
+    for i in sorted(range(len(exact)), key=lambda i: (-(exact[i] - counts[i]), i))[: n - sum(counts)]:
+        counts[i] += 1
+    ordered = sorted(ids, key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
+    out, start = {}, 0
+    for name, c in zip(ratios, counts):
+        out[name] = sorted(ordered[start:start + c])
+        start += c
+    if "train" in out and "val" in out:
+        out["trainval"] = sorted(out["train"] + out["val"])
+    return out
+
+
+def _pick_split(parts: dict[str, list[str]], split: str, what: str) -> list[str]:
+    if split not in parts:
+        raise DatasetError(f"{what}: split {split!r} is not one of the ratio parts {sorted(parts)}")
+    return parts[split]
+
+
+# ----------------------------------------------------------------------------- loading
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a load found: problems (kind, message) in order, and counts for the summary."""
+    source: str
+    problems: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+    images_loaded: int = 0
+    boxes_kept: int = 0
+    boxes_clipped: int = 0
+    images_skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    boxes_dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    unknown: dict = dataclasses.field(default_factory=dict)  # class -> [boxes, files, first file]
+
+    def add(self, kind: str, message: str):
+        self.problems.append((kind, message))
+
+    def messages(self) -> list[str]:
+        """One line per problem; unknown classes folded into one line per class name."""
+        out = [m for k, m in self.problems if k != "unknown class"]
+        for name, (boxes, files, first) in self.unknown.items():
+            out.append(f"class {name!r} is not in the class list: {boxes} box(es) in {files} file(s) dropped "
+                       f"(first: {first})")
+        return out
+
+    def summary(self) -> str:
+        def counted(counter):
+            return ", ".join(f"{v} {k}" for k, v in sorted(counter.items(), key=lambda kv: -kv[1]))
+        nd, ns = sum(self.boxes_dropped.values()), sum(self.images_skipped.values())
+        text = f"{self.source}: loaded {self.images_loaded} images with {self.boxes_kept} boxes"
+        text += f", {nd} box{'es' if nd != 1 else ''} dropped" + (f" ({counted(self.boxes_dropped)})" if nd else "")
+        if self.boxes_clipped:
+            text += f", {self.boxes_clipped} clipped"
+        text += f", {ns} image{'s' if ns != 1 else ''} skipped" + (f" ({counted(self.images_skipped)})" if ns else "")
+        return text
+
+
+@dataclasses.dataclass
+class _Entry:
+    image_id: str
+    xml_path: str | None
+    image_path: str | None
+    xml_dir: pathlib.Path  # where the annotation was looked for
+    image_dir: pathlib.Path  # where the image was looked for
+
+
+def _index_images(folder: pathlib.Path) -> dict[str, str]:
+    """stem -> image path, preferring IMAGE_EXTENSIONS order when a stem has several files."""
+    found: dict[str, tuple[int, str]] = {}
+    if folder.is_dir():
+        with os.scandir(folder) as it:
+            for e in it:
+                stem, ext = os.path.splitext(e.name)
+                ext = ext.lower()
+                if ext in IMAGE_EXTENSIONS and e.is_file():
+                    rank = IMAGE_EXTENSIONS.index(ext)
+                    if stem not in found or rank < found[stem][0]:
+                        found[stem] = (rank, e.path)
+    return {k: v for k, (_, v) in found.items()}
+
+
+def _index_xml(folder: pathlib.Path) -> dict[str, str]:
+    out = {}
+    if folder.is_dir():
+        with os.scandir(folder) as it:
+            for e in it:
+                stem, ext = os.path.splitext(e.name)
+                if ext.lower() == ".xml" and e.is_file():
+                    out[stem] = e.path
+    return out
+
+
+def _load_entries(entries: Sequence[_Entry], class_names: list[str], check_images: bool,
+                  report: LoadReport) -> list[VocRecord]:
+    class_index = {n: i for i, n in enumerate(class_names)}
+    records = []
+    for e in entries:
+        if e.xml_path is None:
+            report.images_skipped["missing annotation"] += 1
+            report.add("missing annotation", f"{e.image_path or e.image_dir / e.image_id}: no annotation "
+                                             f"{e.xml_path or e.xml_dir / (e.image_id + '.xml')}; image skipped")
+            continue
+        if e.image_path is None:
+            report.images_skipped["missing image"] += 1
+            report.add("missing image", f"{e.xml_path}: no image {e.image_id}{{{','.join(IMAGE_EXTENSIONS)}}} "
+                                        f"in {e.image_dir}; annotation skipped")
+            continue
+        try:
+            size = image_size(e.image_path)
+            if check_images:
+                verify_image(e.image_path)
+        except ImageReadError as err:
+            report.images_skipped["corrupt image"] += 1
+            report.add("corrupt image", f"{err}; image skipped")
+            continue
+        try:
+            p = _parse(e.xml_path, class_index, size)
+        except AnnotationError as err:
+            kind = "hostile XML" if str(err).startswith("hostile") else "malformed XML"
+            report.images_skipped[kind] += 1
+            report.add(kind, f"{err}; image skipped")
+            continue
+        for kind, msg in p.problems:
+            if kind == "size mismatch":
+                o = _exif_orientation(e.image_path)
+                if o != 1:
+                    msg += (f" (the image has EXIF orientation {o}; boxes are read in the stored pixel frame, "
+                            "EXIF rotation is not applied)")
+            elif kind == "clipped":
+                report.boxes_clipped += 1
+            elif kind in ("zero-area", "outside image", "malformed box", "unknown class"):
+                report.boxes_dropped[kind] += 1
+            report.add(kind, msg)
+        for name in dict.fromkeys(p.unknown):
+            entry = report.unknown.setdefault(name, [0, 0, e.xml_path])
+            entry[0] += p.unknown.count(name)
+            entry[1] += 1
+        records.append(VocRecord(e.image_path, p.boxes, p.labels, p.difficult, p.width, p.height, e.xml_path))
+        report.images_loaded += 1
+        report.boxes_kept += len(p.boxes)
+    return records
+
+
+def _emit(report: LoadReport, log: Log):
+    if log is None:
+        return
+    for note in report.notes:
+        log(note)
+    for m in report.messages():
+        log(f"warning: {m}")
+    log(report.summary())
+
+
+def _finish(records, report: LoadReport, log: Log) -> list[VocRecord]:
+    _emit(report, log)
+    if not records:
+        skipped = sum(report.images_skipped.values())
+        detail = f": {skipped} skipped ({', '.join(f'{v} {k}' for k, v in report.images_skipped.items())})" \
+            if skipped else " (the split lists no images)"
+        raise DatasetError(f"{report.source}: no usable images{detail}")
+    return records
+
+
+def _roots(roots) -> list[pathlib.Path]:
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    roots = [pathlib.Path(r) for r in roots]
+    if not roots:
+        raise DatasetError("no dataset root given")
+    for r in roots:
+        if not r.is_dir():
+            raise DatasetError(f"dataset root not found: {r}")
+        if not (r / "Annotations").is_dir():
+            raise DatasetError(f"{r}: no Annotations/ folder (expected the VOC layout "
+                               "Annotations/, JPEGImages/, ImageSets/Main/)")
+        if not (r / "JPEGImages").is_dir():
+            raise DatasetError(f"{r}: no JPEGImages/ folder (expected the VOC layout "
+                               "Annotations/, JPEGImages/, ImageSets/Main/)")
+    return roots
+
+
+def read_split_file(path) -> list[str]:
+    """Ids of an ImageSets/Main/<split>.txt (first token per line; blank lines ignored)."""
+    ids = []
+    for line in pathlib.Path(path).read_text(encoding="utf-8-sig").splitlines():
+        tok = line.split()
+        if tok:
+            ids.append(tok[0])
+    return ids
+
+
+def _voc_entries(root: pathlib.Path, split: str | None, ratios, seed: int, report: LoadReport) -> list[_Entry]:
+    xmls = _index_xml(root / "Annotations")
+    images = _index_images(root / "JPEGImages")
+    if split is None or split == "all":
+        ids = sorted(set(xmls) | set(images))
+    else:
+        split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+        if split_file.is_file():
+            listed = read_split_file(split_file)
+            ids = list(dict.fromkeys(listed))
+            if len(ids) != len(listed):
+                dups = [k for k, c in collections.Counter(listed).items() if c > 1]
+                report.add("duplicate id", f"{split_file}: {len(dups)} id(s) listed more than once "
+                                           f"(first: {dups[0]}); each used once")
+        elif ratios is not None:
+            ratios = normalize_ratios(ratios)
+            every = sorted(set(xmls) | set(images))
+            ids = _pick_split(split_ids(every, ratios, seed), split, str(split_file))
+            report.notes.append(
+                f"{split_file} not found: split {split!r} made on the spot from {len(every)} ids with ratios "
+                f"{ratios} and seed {seed} ({len(ids)} ids; ordered by SHA-1 of '<seed>:<id>'; not written — "
+                f"run voc_annotation.py to write split files)")
+        else:
+            raise DatasetError(f"split file not found: {split_file} (write the split files with "
+                               "`python voc_annotation.py --root ...`, or pass ratio= to split on the spot)")
+    return [_Entry(i, xmls.get(i), images.get(i), root / "Annotations", root / "JPEGImages") for i in ids]
+
+
+def load_voc(roots, split: str | None, class_names, *, ratio=None, ratios=None, seed: int = 0,
+             check_images: bool = True, log: Log = print) -> list[VocRecord]:
+    """Load one split of one or several VOC roots (VOC2007 + VOC2012 combine) as records.
+
+    Each root holds Annotations/<id>.xml, JPEGImages/<id>.{jpg,jpeg,png,bmp} and
+    ImageSets/Main/<split>.txt. When the split file is missing, the split is made on the
+    spot from ``ratio`` (e.g. {"train": .7, "val": .2, "test": .1}; ``ratios`` is an alias)
+    and ``seed`` (see :func:`split_ids`), and a note says so. ``split=None`` (or "all")
+    loads every id found. Image sizes come from the file headers; ``check_images`` also
+    decodes each image (JPEG at 1/8 scale) to catch truncated files. Problems are logged
+    (see the module docstring); raises :class:`DatasetError` when no image is usable.
+    """
+    names = _class_list(class_names)
+    roots = _roots(roots)
+    ratios = ratios if ratio is None else ratio
+    source = "+".join(str(r) for r in roots) + f" [{split or 'all'}]"
+    report = LoadReport(source)
+    entries = []
+    for r in roots:
+        entries += _voc_entries(r, split, ratios, seed, report)
+    return _finish(_load_entries(entries, names, check_images, report), report, log)
+
+
+def _flat_entries(images_dir, annotations_dir, split, ratios, seed, report) -> list[_Entry]:
+    images_dir, annotations_dir = pathlib.Path(images_dir), pathlib.Path(annotations_dir)
+    for d, what in ((images_dir, "images"), (annotations_dir, "annotations")):
+        if not d.is_dir():
+            raise DatasetError(f"{what} folder not found: {d}")
+    xmls, images = _index_xml(annotations_dir), _index_images(images_dir)
+    every = sorted(set(xmls) | set(images))
+    if split is None or split == "all":
+        ids = every
+    else:
+        ids = _pick_split(split_ids(every, ratios, seed), split, f"{images_dir} + {annotations_dir}")
+    return [_Entry(i, xmls.get(i), images.get(i), annotations_dir, images_dir) for i in ids]
+
+
+def load_flat(images_dir, annotations_dir, split: str | None, class_names, *, ratios=(0.8, 0.1, 0.1),
+              seed: int = 0, check_images: bool = True, log: Log = print) -> list[VocRecord]:
+    """Load one folder of images + one folder of VOC XML, matched by file stem, split by ratio.
+
+    The split is made over every stem found in either folder (see :func:`split_ids`), so each
+    unmatched file belongs to exactly one split and is reported once. An image without an
+    annotation is skipped with a warning (VOC convention: an image is a negative only when
+    its XML says so, with an empty object list); an annotation without an image likewise.
+    ``split`` is "train", "val", "test", "trainval" or None / "all".
+    """
+    names = _class_list(class_names)
+    report = LoadReport(f"{images_dir} + {annotations_dir} [{split or 'all'}]")
+    entries = _flat_entries(images_dir, annotations_dir, split, ratios, seed, report)
+    return _finish(_load_entries(entries, names, check_images, report), report, log)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def dataset_stats(records: Sequence[VocRecord], class_names: Sequence[str]) -> dict:
+    """Images, negatives, boxes and difficult boxes per class, COCO size buckets, w/h ranges."""
+    names = list(class_names)
+    boxes = np.concatenate([r.boxes for r in records]) if records else np.zeros((0, 4), np.float32)
+    labels = np.concatenate([r.labels for r in records]) if records else np.zeros((0,), np.int32)
+    diff = np.concatenate([r.difficult for r in records]) if records else np.zeros((0,), bool)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    area = wh.prod(axis=1)
+
+    def size_stats(sel):
+        w, h, a = wh[sel, 0], wh[sel, 1], area[sel]
+        out = {"boxes": int(sel.sum()), "difficult": int(diff[sel].sum()),
+               "small": int((a < COCO_SMALL).sum()), "medium": int(((a >= COCO_SMALL) & (a < COCO_MEDIUM)).sum()),
+               "large": int((a >= COCO_MEDIUM).sum())}
+        if sel.any():
+            out.update({f"{k}_{f.__name__}": float(f(v)) for k, v in (("w", w), ("h", h)) for f in (np.min, np.median, np.max)})
+        return out
+
+    per_class = {n: size_stats(labels == i) for i, n in enumerate(names)}
+    for i, n in enumerate(names):
+        per_class[n]["images"] = int(sum(1 for r in records if np.any(r.labels == i)))
+    sizes = np.array([(r.width, r.height) for r in records]) if records else np.zeros((0, 2))
+    return {"images": len(records), "negatives": int(sum(1 for r in records if len(r.boxes) == 0)),
+            "all": size_stats(np.ones(len(labels), bool)), "per_class": per_class,
+            "image_sizes": collections.Counter(map(tuple, sizes.astype(int).tolist()))}
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
+
+
+def format_split_table(splits: Mapping[str, Sequence[VocRecord]], class_names: Sequence[str]) -> str:
+    """Images and boxes per class per split, as a text table."""
+    rows = []
+    for name, recs in splits.items():
+        st = dataset_stats(recs, class_names)
+        rows.append([name, st["images"], st["negatives"], st["all"]["boxes"]]
+                    + [st["per_class"][c]["boxes"] for c in class_names])
+    return _table(["split", "images", "negatives", "boxes"] + list(class_names), rows)
+
+
+def format_stats(stats: dict) -> str:
+    """Per-class counts, COCO size buckets (area < 32^2 small, < 96^2 medium) and w/h ranges."""
+    rows = []
+    for name, s in list(stats["per_class"].items()) + [("all", stats["all"])]:
+        wh = (f"{s['w_min']:g}/{s['w_median']:g}/{s['w_max']:g}", f"{s['h_min']:g}/{s['h_median']:g}/{s['h_max']:g}") \
+            if s["boxes"] else ("-", "-")
+        rows.append([name, s.get("images", stats["images"]), s["boxes"], s["difficult"],
+                     s["small"], s["medium"], s["large"], *wh])
+    sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in stats["image_sizes"].most_common(5))
+    more = len(stats["image_sizes"]) - 5
+    return (f"images: {stats['images']} ({stats['negatives']} without boxes); image sizes: {sizes}"
+            + (f" and {more} more" if more > 0 else "") + "\n"
+            + _table(["class", "images", "boxes", "difficult", "small", "medium", "large",
+                      "w min/med/max", "h min/med/max"], rows))
+
+
+# ----------------------------------------------------------------------------- split tool + check
+
+def write_splits(root, class_names, ratios=(0.8, 0.1, 0.1), seed: int = 0, *, overwrite: bool = False,
+                 check_images: bool = True, log: Log = print) -> dict[str, list[str]]:
+    """Write ImageSets/Main/{train,val,test,trainval}.txt of a VOC root; returns the id lists.
+
+    Every usable image (annotation + readable image) is split with :func:`split_ids`; the
+    problems found are logged and the unusable ids left out. Existing split files are kept
+    unless ``overwrite`` (VOC ships official splits; replacing them by accident would make
+    results incomparable). Logs a table of images and boxes per class per split.
+    """
+    names = _class_list(class_names)
+    (root,) = _roots([root])
+    ratios = normalize_ratios(ratios)
+    main = root / "ImageSets" / "Main"
+    targets = [main / f"{s}.txt" for s in list(ratios) + (["trainval"] if {"train", "val"} <= set(ratios) else [])]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise DatasetError(f"split files already exist: {', '.join(existing)} (pass --overwrite to replace them)")
+    records = load_voc(root, None, names, check_images=check_images, log=log)
+    by_id = {r.image_id: r for r in records}
+    parts = split_ids(by_id, ratios, seed)
+    main.mkdir(parents=True, exist_ok=True)
+    for name, ids in parts.items():
+        (main / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+    if log is not None:
+        log(f"wrote {', '.join(str(main / f'{n}.txt') for n in parts)} (ratios {ratios}, seed {seed})")
+        log(format_split_table({n: [by_id[i] for i in ids] for n, ids in parts.items()}, names))
+    return parts
+
+
+@dataclasses.dataclass
+class CheckResult:
+    records: list
+    report: LoadReport
+    stats: dict
+    split_problems: list  # messages about ImageSets/Main files
+
+    def problems(self) -> list[str]:
+        return self.report.messages() + self.split_problems
+
+    def format(self) -> str:
+        lines = [self.report.summary(), format_stats(self.stats)]
+        probs = self.problems()
+        lines.append(f"{len(probs)} problem(s) found" + (":" if probs else ""))
+        lines += [f"  {m}" for m in probs]
+        return "\n".join(lines)
+
+
+def check_dataset(class_names, *, root=None, images_dir=None, annotations_dir=None,
+                  check_images: bool = True) -> CheckResult:
+    """Scan a whole VOC root (or a flat images + annotations folder pair) for problems.
+
+    Loads every id (no split), collects every problem with its file, computes
+    :func:`dataset_stats`, and for a VOC root also checks ImageSets/Main/*.txt: ids listed
+    without an annotation, and overlaps between train, val and test.
+    """
+    names = _class_list(class_names)
+    split_problems = []
+    if root is not None:
+        (root,) = _roots([root])
+        report = LoadReport(f"{root} [all]")
+        entries = _voc_entries(root, None, None, 0, report)
+        known = {e.image_id for e in entries if e.xml_path}
+        main = root / "ImageSets" / "Main"
+        lists = {s: read_split_file(main / f"{s}.txt") for s in SPLIT_FILES if (main / f"{s}.txt").is_file()}
+        for s, ids in lists.items():
+            missing = [i for i in ids if i not in known]
+            if missing:
+                split_problems.append(f"{main / (s + '.txt')}: {len(missing)} id(s) without annotation "
+                                      f"(first: {missing[0]})")
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            if a in lists and b in lists:
+                both = sorted(set(lists[a]) & set(lists[b]))
+                if both:
+                    split_problems.append(f"{main}: {len(both)} id(s) in both {a}.txt and {b}.txt (first: {both[0]})")
+        if not lists:
+            split_problems.append(f"{main}: no split files (write them with `python voc_annotation.py --root {root}`)")
+    elif images_dir is not None and annotations_dir is not None:
+        report = LoadReport(f"{images_dir} + {annotations_dir} [all]")
+        entries = _flat_entries(images_dir, annotations_dir, None, None, 0, report)
+    else:
+        raise ValueError("check_dataset: give root=, or images_dir= and annotations_dir=")
+    records = _load_entries(entries, names, check_images, report)
+    return CheckResult(records, report, dataset_stats(records, names), split_problems)
