@@ -1,0 +1,124 @@
+"""utils/evaluate.py: detector over records -> metrics, report files, table."""
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+from PIL import Image
+
+from utils.evaluate import evaluate_records, format_table, write_report
+from utils.predictor import Detector
+from utils.voc import VocRecord
+
+ANCHORS = np.array([[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146],
+                    [142, 110], [192, 243], [459, 401]], np.float32)
+COLOURS = [(255, 0, 0), (0, 255, 0)]  # class 0 red, class 1 green
+
+
+def tiny_body(input_hw, num_classes):
+    """A few-layer stand-in for yolo_body with the same input and outputs."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((*input_hw, 3), name="image")
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inp)
+    outs = []
+    for i, stride in enumerate((8, 16, 32)):
+        x = layers.Conv2D(8, 3, strides=8 if i == 0 else 2, padding="same", name=f"down{stride}")(x)
+        outs.append(layers.Conv2D(3 * (5 + num_classes), 1, name=f"head{stride}")(x))
+    return keras.Model(inp, outs[::-1], name="tiny_body")
+
+
+class ColourBoxDetector:
+    """Detects the pure red / green rectangle of each class by thresholding the letterboxed
+    pixels; uses the real Detector's letterbox and unletterbox steps."""
+    class_names = ["red", "green"]
+    num_classes = 2
+    input_hw = (96, 128)
+    preprocess = Detector.preprocess
+    finish = staticmethod(Detector.finish)
+
+    def infer(self, batch, score_thresh, iou_thresh, max_det, nms):
+        b = len(batch)
+        boxes, scores = np.zeros((b, 2, 4), np.float32), np.zeros((b, 2), np.float32)
+        classes, valid = np.zeros((b, 2), np.int32), np.zeros(b, np.int32)
+        for i, img in enumerate(batch.astype(int)):
+            for c, colour in enumerate(COLOURS):
+                mask = np.all(np.abs(img - colour) < 60, axis=-1)
+                if mask.any():
+                    ys, xs = np.nonzero(mask)
+                    k = valid[i]
+                    boxes[i, k] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+                    scores[i, k], classes[i, k] = 0.9 - 0.1 * c, c
+                    valid[i] += 1
+        return boxes, scores, classes, valid
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (h, w) in enumerate([(120, 200), (200, 150), (96, 128), (240, 320), (150, 150)]):
+        img = np.zeros((h, w, 3), np.uint8)
+        boxes, labels = [], []
+        for c in range(2):
+            bw, bh = int(rng.integers(w // 5, w // 3)), int(rng.integers(h // 5, h // 3))
+            x0 = int(rng.integers(0, w // 2 - bw)) + c * (w // 2)
+            y0 = int(rng.integers(0, h - bh))
+            img[y0:y0 + bh, x0:x0 + bw] = COLOURS[c]
+            boxes.append([x0, y0, x0 + bw, y0 + bh])
+            labels.append(c)
+        path = folder / f"img{i}.png"
+        Image.fromarray(img).save(path)
+        diff = np.array([False, i == 4])  # one difficult object
+        out.append(VocRecord(str(path), np.array(boxes, np.float32), np.array(labels, np.int32), diff, w, h))
+    return out
+
+
+def test_pipeline_with_an_exact_detector_gives_map_one(records, tmp_path):
+    res = evaluate_records(ColourBoxDetector(), records, batch_size=2, workers=2, return_detections=True)
+    assert res["map"] == pytest.approx(1.0)
+    assert res["coco"]["map_50"] == pytest.approx(1.0)
+    assert [pc["num_gt"] for pc in res["per_class"]] == [5, 4]
+    assert [pc["num_difficult"] for pc in res["per_class"]] == [0, 1]
+    np.testing.assert_array_equal(res["confusion_matrix"], [[5, 0, 0], [0, 4, 0], [0, 0, 0]])
+    for rec, det in zip(records, res["detections"]):  # boxes come back in source pixels
+        np.testing.assert_allclose(det["boxes"], rec.boxes, atol=3.0)
+    assert res["num_images"] == 5 and res["timing"]["model_s"] <= res["timing"]["total_s"]
+
+
+def test_tiny_model_end_to_end_is_well_formed(records, tmp_path):
+    meta = {"class_names": ["red", "green"], "anchors": ANCHORS, "input_shape": (96, 128)}
+    detector = Detector(tiny_body((96, 128), 2), meta)
+    res = evaluate_records(detector, records, batch_size=3, max_det=50, prf_score_thresh=0.3)
+    assert len(res["per_class"]) == 2 and len(res["pr_curves"]) == 2
+    assert 0.0 <= res["map"] <= 1.0 and 0.0 <= res["coco"]["map_50_95"] <= 1.0
+    assert res["per_class"][0]["num_detections"] > 0
+    m = np.asarray(res["confusion_matrix"])
+    assert m.shape == (3, 3)
+    assert m[:2].sum() == 9  # each non-difficult object counted once: found or missed
+    n_at = sum(pc["num_detections_at_thresh"] for pc in res["per_class"])
+    assert m[:, :2].sum() <= n_at  # detections on difficult objects are not counted
+    assert res["settings"]["max_det"] == 50 and res["settings"]["prf_score_thresh"] == 0.3
+
+    paths = write_report(res, tmp_path / "report")
+    doc = json.loads(open(paths["json"]).read())
+    assert doc["class_names"] == ["red", "green"] and len(doc["pr_curves"]["recall_levels"]) == 101
+    assert doc["map"] == pytest.approx(res["map"]) and len(doc["confusion_matrix"]) == 3
+    for key in ("pr", "ap", "cm"):
+        with Image.open(paths[key]) as im:
+            assert im.size[0] > 100
+    table = format_table(res)
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["Class", "GT", "Dets@0.3", "AP@0.5"]
+    assert any(l.split()[:2] == ["red", "5"] for l in lines) and any(l.split()[:2] == ["all", "9"] for l in lines)
+    assert "COCO mAP@[.5:.95]" in table
+
+
+def test_empty_records_and_missing_image_are_clear_errors(records):
+    with pytest.raises(ValueError, match="no records to evaluate"):
+        evaluate_records(ColourBoxDetector(), [])
+    bad = VocRecord("/nonexistent/img.png", np.zeros((0, 4), np.float32), np.zeros(0, np.int32),
+                    np.zeros(0, bool), 10, 10)
+    with pytest.raises(Exception, match="/nonexistent/img.png"):
+        evaluate_records(ColourBoxDetector(), records[:1] + [bad], batch_size=1)
