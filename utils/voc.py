@@ -82,7 +82,6 @@ class VocRecord:
 
     @property
     def image_id(self) -> str:
-        import os
         return os.path.splitext(os.path.basename(self.image_path))[0]
 
 
