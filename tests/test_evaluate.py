@@ -9,7 +9,7 @@ from PIL import Image
 
 from utils.evaluate import evaluate_records, format_table, write_report
 from utils.predictor import Detector
-from utils.voc import VocRecord
+from utils.voc import ImageReadError, VocRecord
 
 ANCHORS = np.array([[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146],
                     [142, 110], [192, 243], [459, 401]], np.float32)
@@ -120,5 +120,5 @@ def test_empty_records_and_missing_image_are_clear_errors(records):
         evaluate_records(ColourBoxDetector(), [])
     bad = VocRecord("/nonexistent/img.png", np.zeros((0, 4), np.float32), np.zeros(0, np.int32),
                     np.zeros(0, bool), 10, 10)
-    with pytest.raises(Exception, match="/nonexistent/img.png"):
+    with pytest.raises(ImageReadError, match="/nonexistent/img.png: image file not found"):
         evaluate_records(ColourBoxDetector(), records[:1] + [bad], batch_size=1)

@@ -16,14 +16,7 @@ import time
 import numpy as np
 
 from utils.metrics import coco_evaluate, confusion_matrix, evaluate_detections
-
-try:
-    from utils.voc import read_image
-except ImportError:  # utils.voc.read_image is landing in parallel; same stored-frame semantics
-    def read_image(path):
-        from PIL import Image
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+from utils.voc import read_image
 
 
 def _load_batch(detector, records):
