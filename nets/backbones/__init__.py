@@ -116,3 +116,12 @@ def build_backbone(name: str, inputs, alpha: float | None = None, weights=None, 
                 f"could not load backbone weights {local_file} into {spec.name!r} "
                 f"(alpha {alpha:g}): {exc}") from exc
     return list(feats)
+
+
+class BackboneWeightsError(RuntimeError):
+    """Pretrained backbone weights could not be obtained (e.g. no network for the download).
+
+    The message names the backbone and weights file, gives the cause in one line and says
+    how to go on (a local weights file, or no pretrained weights). Raised ``from None`` so
+    the user sees that message, not the downloader's traceback.
+    """
