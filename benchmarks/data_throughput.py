@@ -1,0 +1,114 @@
+"""Augmented training images per second of utils/dataset.py (mosaic + mixup on).
+
+    python benchmarks/data_throughput.py                       # BCCD train, 416x416, tf.data x2
+    python benchmarks/data_throughput.py --compare             # also PyDataset threads/processes, serial
+
+Mosaic/mixup are forced on with the default probabilities (mosaic 0.5, mixup 0.5 of the
+mosaics), i.e. the first 70% of a training run. Targets are built too: the figure is what
+the trainer receives. The first batch (start-up) is not timed. Prints the figures and
+records them in docs/benchmarks.md (section "Data throughput"; --no-record to skip).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+SECTION = "## Data throughput"
+
+
+def iterate(ds, backend, batches, workers):
+    """Time ``batches`` batches after one warm-up batch; returns images/s."""
+    if backend == "tfdata":
+        it = iter(ds.as_tf_dataset(num_parallel=workers))
+        next_batch = lambda: next(it)  # noqa: E731
+        stop = lambda: None  # noqa: E731
+    elif backend == "serial":
+        counter = iter(range(len(ds)))
+        next_batch = lambda: ds.batch(next(counter))  # noqa: E731
+        stop = lambda: None  # noqa: E731
+    else:  # keras.utils.PyDataset the way model.fit consumes it (its data adapter)
+        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+        ds.workers = workers
+        ds.use_multiprocessing = backend == "processes"
+        adapter = PyDatasetAdapter(ds)
+        adapter.on_epoch_begin()
+        it = iter(adapter.get_numpy_iterator())
+        next_batch = lambda: next(it)  # noqa: E731
+        stop = adapter.on_epoch_end
+    next_batch()
+    n = 0
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        images = next_batch()[0]
+        n += int(images.shape[0])
+    dt = time.perf_counter() - t0
+    stop()
+    return n / dt
+
+
+def record(lines, command):
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    body = "\n".join([SECTION, "", f"{datetime.date.today()} on {platform.node() or 'unknown'} "
+                      f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}); command:", "",
+                      f"    {command}", ""] + [f"    {line}" for line in lines]) + "\n"
+    if SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        nxt = rest.find("\n## ")
+        text = head + body + (rest[nxt + 1:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    path.write_text(text)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "BCCD"))
+    p.add_argument("--split", default="train")
+    p.add_argument("--classes", default=str(ROOT / "model_data" / "bccd_classes.txt"))
+    p.add_argument("--input-size", default="416")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--backend", choices=["tfdata", "threads", "processes", "serial"], default="tfdata")
+    p.add_argument("--compare", action="store_true", help="measure every backend")
+    p.add_argument("--rounds", type=int, default=1, help="repeat (backends interleaved); the median is reported")
+    p.add_argument("--no-record", action="store_true")
+    args = p.parse_args(argv)
+
+    from utils.dataset import TrainDataset, records_from_args
+    records, class_names = records_from_args([args.root], args.split, args.classes)
+    backends = ["tfdata", "threads", "processes", "serial"] if args.compare else [args.backend]
+    results = {b: [] for b in backends}
+    for _ in range(args.rounds):  # interleaved so that load from other processes hits all alike
+        for backend in backends:
+            ds = TrainDataset(records, len(class_names), args.input_size, args.batch_size, seed=0)
+            ds.set_epoch(0)
+            ds.set_special(True)
+            workers = 1 if backend == "serial" else args.workers
+            results[backend].append(iterate(ds, backend, min(args.batches, len(ds) - 1), workers))
+            print(f"  {backend}: {results[backend][-1]:.1f} images/s", flush=True)
+    lines = []
+    for backend, values in results.items():
+        values = sorted(values)
+        line = (f"{backend:<10} workers={1 if backend == 'serial' else args.workers} batch={args.batch_size} "
+                f"{ds.input_hw[0]}x{ds.input_hw[1]} mosaic+mixup on: {values[len(values) // 2]:7.1f} images/s"
+                + (f" (median of {len(values)}: {', '.join(f'{v:.1f}' for v in values)})" if len(values) > 1 else ""))
+        print(line, flush=True)
+        lines.append(line)
+    if not args.no_record:
+        record(lines, "python benchmarks/data_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
