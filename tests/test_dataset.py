@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.dataset import EpochSetter, RecordLoader, TrainDataset, ValDataset, parse_input_hw
+from utils.dataset import EpochSetter, RecordLoader, TrainDataset, ValDataset
 from utils.letterbox import letterbox_image
 from utils.voc import VocRecord
 
@@ -35,13 +35,6 @@ def check_batch(images, targets, b, hw=(96, 128), max_boxes=100):
     for key, s in (("y32", 32), ("y16", 16), ("y8", 8)):
         assert targets[key].shape == (b, H // s, W // s, 3, 5 + C) and targets[key].dtype == np.float32
     assert targets["gt_boxes"].shape == (b, max_boxes, 4) and targets["gt_boxes"].dtype == np.float32
-
-
-def test_parse_input_hw():
-    assert parse_input_hw(416) == (416, 416) and parse_input_hw("320x416") == (320, 416)
-    assert parse_input_hw((96, 128)) == (96, 128)
-    with pytest.raises(ValueError, match="multiples of 32"):
-        parse_input_hw("100")
 
 
 def test_batches_shapes_and_tf_data_equals_numpy(tmp_path):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from utils.targets import (ANCHOR_MASKS, STRIDES, build_targets, grid_shapes, load_anchors)
+from utils.targets import (ANCHOR_MASKS, STRIDES, build_targets, grid_shapes, load_anchors, parse_input_hw)
 
 # Square anchors whose neighbours have shape-IoU < 0.213 ((a/b)^2 <= 0.2025), so a box that
 # equals one anchor matches only that one.
@@ -186,3 +186,10 @@ def test_load_anchors(tmp_path):
     np.testing.assert_array_equal(a[:2], [[1, 1], [10, 10]])
     with pytest.raises(OSError, match="missing.txt"):
         load_anchors(tmp_path / "missing.txt")
+
+
+def test_parse_input_hw():
+    assert parse_input_hw(416) == (416, 416) and parse_input_hw("320x416") == (320, 416)
+    assert parse_input_hw((96, 128)) == (96, 128)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        parse_input_hw("100")

@@ -35,29 +35,10 @@ import keras
 import numpy as np
 
 from utils.augment import AugmentConfig, Augmenter, letterbox_sample, sample_rng
-from utils.targets import DEFAULT_IOU_THRESH, build_targets, load_anchors
+from utils.targets import DEFAULT_IOU_THRESH, build_targets, load_anchors, parse_input_hw
 from utils.voc import ImageReadError, read_image
 
 TARGET_KEYS = ("y32", "y16", "y8")
-
-
-def parse_input_hw(value):
-    """416, "416", "320x416", (320, 416) -> (H, W); both positive multiples of 32."""
-    if isinstance(value, str):
-        parts = value.lower().replace(",", "x").split("x")
-        try:
-            hw = tuple(int(p) for p in parts)
-        except ValueError:
-            raise ValueError(f"input size must be S or HxW, got {value!r}") from None
-    elif isinstance(value, (int, np.integer)):
-        hw = (int(value),)
-    else:
-        hw = tuple(int(v) for v in value)
-    if len(hw) == 1:
-        hw = hw * 2
-    if len(hw) != 2 or min(hw) <= 0 or hw[0] % 32 or hw[1] % 32:
-        raise ValueError(f"input size (H, W) must be positive multiples of 32, got {value!r}")
-    return hw
 
 
 def _anchors(value):

@@ -94,11 +94,28 @@ def load_anchors(path=DEFAULT_ANCHORS_PATH) -> np.ndarray:
     return anchors
 
 
+def parse_input_hw(value):
+    """416, "416", "320x416", (320, 416) -> (H, W); both positive multiples of 32."""
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        try:
+            hw = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"input size must be S or HxW, got {value!r}") from None
+    elif isinstance(value, (int, np.integer)):
+        hw = (int(value),)
+    else:
+        hw = tuple(int(v) for v in value)
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) <= 0 or hw[0] % 32 or hw[1] % 32:
+        raise ValueError(f"input size (H, W) must be positive multiples of 32, got {value!r}")
+    return hw
+
+
 def grid_shapes(input_hw):
     """(gh, gw) of each output, ordered like STRIDES (32, 16, 8)."""
-    H, W = int(input_hw[0]), int(input_hw[1])
-    if H <= 0 or W <= 0 or H % 32 or W % 32:
-        raise ValueError(f"input size (H, W) must be positive multiples of 32, got {(H, W)}")
+    H, W = parse_input_hw(input_hw)
     return [(H // s, W // s) for s in STRIDES]
 
 
