@@ -92,9 +92,11 @@ def test_voc_map50_agrees_with_pycocotools_ap50():
 
 def test_coco_strict_iou_lowers_map_50_95():
     # IoU of [10,10,40,40] with [10,10,40,43] = 900/990 = 0.909: a hit at 0.5..0.9, a miss at 0.95
-    r = coco_evaluate([det([[10, 10, 40, 43]], [0.9], [0])], [gt([A], [0])], 1)
-    assert r["map_50"] == pytest.approx(1.0)
-    assert r["map_50_95"] == pytest.approx(9 / 10)
+    for max_det in (100, 300):
+        r = coco_evaluate([det([[10, 10, 40, 43]], [0.9], [0])], [gt([A], [0])], 1, max_det=max_det)
+        assert r["map_50"] == pytest.approx(1.0) and r["map_75"] == pytest.approx(1.0)
+        assert r["map_50_95"] == pytest.approx(9 / 10)
+        assert r["per_class_map_50_95"] == pytest.approx([9 / 10])
 
 
 def test_no_detections_and_no_ground_truth_do_not_crash():

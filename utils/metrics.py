@@ -184,9 +184,9 @@ def coco_evaluate(detections, ground_truths, num_classes: int, max_det: int = 10
     """COCO-style AP through pycocotools, with COCO objects built in memory.
 
     Returns ``map_50_95`` (AP@[.5:.95]), ``map_50``, ``map_75``, ``per_class_map_50_95``,
-    ``per_class_map_50`` (NaN for classes without ground truth) and ``summary`` (the text
-    COCOeval.summarize prints). ``max_det``: detections per image (the last of COCO's
-    maxDets; at least 100). ``image_sizes``: optional (h, w) per image for the image table.
+    ``per_class_map_50`` (NaN for classes without ground truth), all at max(100, ``max_det``)
+    detections per image, and ``summary`` (the text COCOeval.summarize prints, COCO's
+    standard 100 detections per image). ``image_sizes``: optional (h, w) per image for the image table.
     Values are NaN when there is no non-difficult ground truth; 0 when there is no detection.
     """
     from pycocotools.coco import COCO
@@ -228,13 +228,18 @@ def coco_evaluate(detections, ground_truths, num_classes: int, max_det: int = 10
         gt.createIndex()
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, iouType="bbox")
-        ev.params.maxDets = [1, 10, max(100, int(max_det))]
+        # summarize() hard-codes maxDets=100 for its first line, so keep 100 in the list (the
+        # printed summary stays COCO's standard) and read our numbers at max_det (the last).
+        ev.params.maxDets = [1, 10, 100] + ([int(max_det)] if int(max_det) > 100 else [])
         ev.evaluate()
         ev.accumulate()
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         ev.summarize()
     prec = ev.eval["precision"][:, :, :, 0, -1]  # (iou thresholds, recall points, classes), area "all"
+
+    def mean_valid(p):
+        return float(np.mean(p[p > -1])) if np.any(p > -1) else float("nan")
 
     def per_class(p):
         vals = []
@@ -243,7 +248,9 @@ def coco_evaluate(detections, ground_truths, num_classes: int, max_det: int = 10
             vals.append(float(np.mean(v[v > -1])) if np.any(v > -1) and has_gt[k] else float("nan"))
         return vals
 
-    return {"map_50_95": float(ev.stats[0]), "map_50": float(ev.stats[1]), "map_75": float(ev.stats[2]),
+    iou_thrs = list(np.round(ev.params.iouThrs, 2))
+    return {"map_50_95": mean_valid(prec), "map_50": mean_valid(prec[iou_thrs.index(0.5)]),
+            "map_75": mean_valid(prec[iou_thrs.index(0.75)]),
             "per_class_map_50_95": per_class(prec), "per_class_map_50": per_class(prec[0]),
             "summary": summary.getvalue()}
 
