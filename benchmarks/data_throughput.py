@@ -59,8 +59,10 @@ def iterate(ds, backend, batches, workers):
 def record(lines, command):
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     body = "\n".join([SECTION, "", f"{datetime.date.today()} on {platform.node() or 'unknown'} "
-                      f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}); command:", "",
+                      f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, load average "
+                      f"{load} at the end: other jobs shared the CPUs); command:", "",
                       f"    {command}", ""] + [f"    {line}" for line in lines]) + "\n"
     if SECTION in text:
         head, rest = text.split(SECTION, 1)

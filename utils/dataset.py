@@ -7,13 +7,17 @@ images only (or, with ``with_targets=True``, the same targets dict without augme
 for a validation loss).
 
 Each batch is made by plain Python/NumPy code (``TrainDataset.batch``); it is served
-through a tf.data pipeline (``as_tf_dataset``; tf.data.Dataset.range -> parallel
-``tf.numpy_function`` per sample -> batch -> prefetch). Measured on this machine (2 shared
-cores, BCCD 416x416, mosaic+mixup on, batch 8; benchmarks/data_throughput.py
---compare): see the figures in docs/benchmarks.md. tf.data with 2 parallel calls was the
-fastest and it keeps the batches in order, so it is the default; the class is also a
-keras.utils.PyDataset (threads or processes via ``workers``/``use_multiprocessing``) for
-callers that want that path: both give identical batches.
+through a tf.data pipeline (``as_tf_dataset``: Dataset.range -> ``tf.numpy_function`` per
+sample with ``num_parallel`` calls, in order -> batch -> prefetch). Why tf.data over a
+keras.utils.PyDataset (the class is one too, so both paths give identical batches):
+measured with ``python benchmarks/data_throughput.py --compare --rounds 3`` (BCCD train,
+416x416, batch 8, mosaic+mixup on, 2 CPU cores shared with other jobs; docs/benchmarks.md):
+tf.data x2 and PyDataset with 2 threads are equal within noise (40-42 images/s with a load
+average of 5-7; 88 vs 74 images/s in a quieter moment, when one serial worker gave 44);
+PyDataset with 2 processes is the slowest every time (18-31 images/s: each float32 batch
+is pickled through a pipe). The per-sample work releases the GIL in PIL/cv2, so threads
+scale; tf.data also keeps the order without the enqueuer, and its prefetch runs beside the
+training step in TensorFlow's own threads.
 
 Randomness: the order of epoch e is a permutation drawn from (seed, e); sample i of epoch e
 is augmented with a Generator drawn from (seed, e, i) (utils.augment.sample_rng), so batches
