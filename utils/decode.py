@@ -108,10 +108,8 @@ def _diou_nms(boxes, scores, score_thresh, iou_thresh, max_det):
     c = tf.shape(scores)[2]
     neg = tf.constant(-1.0, tf.float32)  # below any confidence in [0, 1]
     flat = tf.reshape(scores, (b, k * c))
-    flat = tf.where(flat > score_thresh, flat, neg)
-    pair_box = tf.range(k * c) // c
-    pair_cls = tf.range(k * c) % c
-    pair_boxes = tf.gather(boxes, pair_box, axis=1)  # (B, K*C, 4)
+    flat = tf.where(flat > score_thresh, flat, neg)  # pair (box j, class c) at j * C + c
+    class_ids = tf.range(c)
 
     def cond(i, s, *_):
         return tf.logical_and(i < max_det, tf.reduce_any(s > neg))
@@ -120,11 +118,14 @@ def _diou_nms(boxes, scores, score_thresh, iou_thresh, max_det):
         best = tf.argmax(s, axis=1, output_type=tf.int32)  # (B,)
         best_score = tf.gather(s, best, batch_dims=1)
         valid = best_score > neg
-        best_box = tf.gather(pair_boxes, best, batch_dims=1)  # (B, 4)
-        best_cls = tf.gather(pair_cls, best)
-        _, diou = box_diou_tf(best_box[:, None, :], pair_boxes)  # (B, K*C)
-        suppress = tf.logical_and(diou > iou_thresh, pair_cls[None, :] == best_cls[:, None])
-        suppress = tf.logical_or(suppress, tf.one_hot(best, k * c, on_value=True, off_value=False))
+        best_box = tf.gather(boxes, best // c, batch_dims=1)  # (B, 4)
+        best_cls = best % c
+        # DIoU against the K boxes (not the K*C pairs), then applied to the best's class only
+        _, diou = box_diou_tf(best_box[:, None, :], boxes)  # (B, K)
+        suppress = tf.logical_and((diou > iou_thresh)[:, :, None],
+                                  (class_ids[None, :] == best_cls[:, None])[:, None, :])  # (B, K, C)
+        suppress = tf.logical_or(tf.reshape(suppress, (b, k * c)),
+                                 tf.one_hot(best, k * c, on_value=True, off_value=False))
         s = tf.where(suppress, neg, s)
         # write slot i of the images that still had a candidate (the others keep their zeros)
         slot = tf.logical_and(tf.one_hot(i, max_det, on_value=True, off_value=False)[None, :], valid[:, None])

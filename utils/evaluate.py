@@ -32,6 +32,8 @@ def run_detector(detector, records, batch_size=8, score_thresh=0.001, iou_thresh
     Returns ``(detections, image_sizes, timing)``; ``timing`` holds ``total_s`` (wall time),
     ``model_s`` (time in the compiled model + NMS, the lower bound of the total) and their
     ratio ``overhead`` (1.0 = reading and letterboxing fully hidden behind the model).
+    ``workers`` threads read and letterbox up to ``workers + 1`` batches ahead of the model;
+    0 reads each batch only when the model needs it (no overlap).
     """
     records = list(records)
     batch_size = max(1, int(batch_size))
@@ -43,14 +45,17 @@ def run_detector(detector, records, batch_size=8, score_thresh=0.001, iou_thresh
         from tqdm import tqdm
         bar = tqdm(total=len(records), desc="evaluating", unit="img")
     t0 = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+    workers = max(0, int(workers))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = collections.deque()
-        ahead = max(1, int(workers)) + 1
+        ahead = workers + 1
         next_chunk = 0
         while next_chunk < len(chunks) or pending:
             while next_chunk < len(chunks) and len(pending) < ahead:
                 pending.append(pool.submit(_load_batch, detector, chunks[next_chunk]))
                 next_chunk += 1
+                if workers == 0:  # serial: wait for each batch (for comparisons and debugging)
+                    pending[-1].result()
             batch, letterboxes, hw = pending.popleft().result()
             t = time.perf_counter()
             padded = detector.infer(batch, score_thresh, iou_thresh, max_det, nms)
