@@ -72,3 +72,61 @@ def box_diou_tf(a, b, eps: float = 1e-9):
     diag2 = (tf.maximum(ax2, bx2) - tf.minimum(ax1, bx1)) ** 2 + (tf.maximum(ay2, by2) - tf.minimum(ay1, by1)) ** 2
     return iou, iou - centre_d2 / tf.maximum(diag2, eps)
 
+
+# --------------------------------------------------------------------------------------
+# Graph (Keras ops / TensorFlow) box math, used by the loss. cxcywh, any leading shape, any
+# consistent unit (the loss uses input-normalised boxes). Keras is imported inside the
+# functions so that NumPy-only users of this module (data, metrics) do not load it.
+# keras.utils.bounding_boxes.compute_ciou exists, but it has no stop-gradient on the CIoU
+# alpha (the paper's implementation treats alpha as a constant) and converts formats on
+# every call; tests/test_loss.py checks that the values below agree with it.
+# --------------------------------------------------------------------------------------
+_TF_EPS = 1e-9  # a floor for denominators (not added to them: exact values for real boxes)
+
+
+def _tf_corners(boxes):
+    xy, half = boxes[..., 0:2], boxes[..., 2:4] / 2
+    return xy - half, xy + half
+
+
+def bbox_iou_pairwise(a, b):
+    """IoU of every box in a (..., N, 4) with every box in b (..., M, 4), cxcywh -> (..., N, M).
+
+    Zero-size boxes (padding rows) get IoU 0; never NaN.
+    """
+    from keras import ops
+    a_lo, a_hi = _tf_corners(a[..., :, None, :])
+    b_lo, b_hi = _tf_corners(b[..., None, :, :])
+    wh = ops.maximum(ops.minimum(a_hi, b_hi) - ops.maximum(a_lo, b_lo), 0.0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = ops.prod(a_hi - a_lo, axis=-1)
+    area_b = ops.prod(b_hi - b_lo, axis=-1)
+    return inter / ops.maximum(area_a + area_b - inter, _TF_EPS)
+
+
+def bbox_ciou(b1, b2):
+    """Complete IoU (Zheng et al., AAAI 2020) of b1 and b2, cxcywh, shapes (..., 4) -> (...).
+
+    CIoU = IoU - rho^2 / c^2 - alpha * v, with rho the centre distance, c the diagonal of the
+    smallest enclosing box, v = 4/pi^2 (atan(w2/h2) - atan(w1/h1))^2 and
+    alpha = v / (1 - IoU + v) held constant (stop_gradient), as in the authors' code.
+    Denominators are floored at 1e-9, so zero-size boxes give finite values and gradients.
+    """
+    import math
+
+    from keras import ops
+    lo1, hi1 = _tf_corners(b1)
+    lo2, hi2 = _tf_corners(b2)
+    wh = ops.maximum(ops.minimum(hi1, hi2) - ops.maximum(lo1, lo2), 0.0)
+    inter = wh[..., 0] * wh[..., 1]
+    wh1, wh2 = hi1 - lo1, hi2 - lo2  # sizes from the corners, like inter: IoU(b, b) == 1 exactly
+    area1, area2 = wh1[..., 0] * wh1[..., 1], wh2[..., 0] * wh2[..., 1]
+    iou = inter / ops.maximum(area1 + area2 - inter, _TF_EPS)
+    w1, h1, w2, h2 = b1[..., 2], b1[..., 3], b2[..., 2], b2[..., 3]
+    enclose = ops.maximum(hi1, hi2) - ops.minimum(lo1, lo2)
+    c2 = ops.maximum(enclose[..., 0] ** 2 + enclose[..., 1] ** 2, _TF_EPS)
+    rho2 = (b1[..., 0] - b2[..., 0]) ** 2 + (b1[..., 1] - b2[..., 1]) ** 2
+    v = (4.0 / math.pi ** 2) * (ops.arctan(w2 / ops.maximum(h2, _TF_EPS))
+                                - ops.arctan(w1 / ops.maximum(h1, _TF_EPS))) ** 2
+    alpha = ops.stop_gradient(v / ops.maximum(v - iou + 1.0, _TF_EPS))
+    return iou - (rho2 / c2 + alpha * v)
