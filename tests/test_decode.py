@@ -237,3 +237,14 @@ def test_end_to_end_model_saves_and_reloads_safely(tmp_path):
     for key in ("boxes", "scores", "classes", "num_valid"):
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-4)
     assert loaded.get_layer("yolo_postprocess").get_config()["nms"] == "diou"
+
+
+def test_end_to_end_model_exports_as_savedmodel(tmp_path):
+    model = end_to_end_model(tiny_body((64, 96), 2), ANCHORS, 2, score_thresh=0.2, max_det=10, nms="diou")
+    model.export(str(tmp_path / "saved"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "saved"))
+    images = np.random.default_rng(6).uniform(0, 255, (3, 64, 96, 3)).astype(np.float32)
+    got, want = served.serve(images), model(images)
+    assert got["boxes"].shape == (3, 10, 4) and got["classes"].dtype == tf.int32
+    for key in ("boxes", "scores", "classes", "num_valid"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-4)
