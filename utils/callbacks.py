@@ -1,0 +1,214 @@
+"""Training callbacks the Keras set lacks: per-step LR schedule, NaN guard that names the
+step, resumable training state, periodic mAP + best/last checkpoints, and a curves plot.
+
+Keras' own callbacks are used where they fit (CSVLogger, TensorBoard, SwapEMAWeights); these
+fill the gaps:
+- ``LRSchedule``: warm-up then cosine or step decay, computed from (epoch, step), so the
+  schedule position is a pure function of where training is and resumes exactly.
+- ``NanGuard``: keras.callbacks.TerminateOnNaN stops training but does not say where, and
+  the next callbacks would still checkpoint NaN weights; this one names epoch and step and
+  raises a flag the checkpoint callbacks honour.
+- ``ResumeState``: model + optimizer weights and the epoch counter, written atomically at
+  each epoch end (BackupAndRestore keeps one fit() call's state, but training runs as two
+  fit() calls, frozen then unfrozen, and must resume into the right one).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+
+from utils.checkpoint import atomic_path, save_detector
+
+
+def lr_at(epoch: float, total_epochs: int, base_lr: float, min_lr: float, warmup_epochs: float,
+          kind: str = "cos", step_epochs=(), step_gamma: float = 0.1) -> float:
+    """Learning rate at fractional ``epoch``: linear warm-up, then cosine or step decay."""
+    if warmup_epochs > 0 and epoch < warmup_epochs:
+        start = base_lr * 0.1
+        return start + (base_lr - start) * epoch / warmup_epochs
+    if kind == "cos":
+        span = max(total_epochs - warmup_epochs, 1e-9)
+        t = min(max((epoch - warmup_epochs) / span, 0.0), 1.0)
+        return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * t))
+    if kind == "step":
+        drops = sum(1 for e in step_epochs if epoch >= e)
+        return max(base_lr * step_gamma ** drops, min_lr)
+    raise ValueError(f"unknown LR schedule {kind!r}; valid: cos, step")
+
+
+class LRSchedule(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate before every step from (epoch, step)."""
+
+    def __init__(self, steps_per_epoch: int, **schedule):
+        super().__init__()
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.schedule = schedule
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        lr = lr_at(self.epoch + batch / self.steps_per_epoch, **self.schedule)
+        self.model.optimizer.learning_rate.assign(lr)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and says where."""
+
+    def __init__(self, log=print):
+        super().__init__()
+        self.log = log
+        self.epoch = 0
+        self.tripped = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.tripped = (self.epoch + 1, batch + 1)
+            self.log(f"error: loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}; "
+                     "training stopped. The last good checkpoint is left in place "
+                     "(lower the learning rate or check the data).")
+            self.model.stop_training = True
+
+
+class ResumeState(keras.callbacks.Callback):
+    """Model + optimizer state at every epoch end, committed by ``resume.json``.
+
+    Weights go to ``resume_{0,1}.weights.h5`` (alternating) from this callback, which must
+    run before SwapEMAWeights so the raw (not EMA) weights are saved; ``commit()`` (called by
+    the ``committer`` callback, placed last) then writes ``resume.json`` naming that file,
+    the epoch and the best mAP. A kill at any moment leaves the previous commit intact.
+    """
+
+    def __init__(self, save_dir, guard: NanGuard, extra: dict | None = None, best_map=lambda: -1.0):
+        super().__init__()
+        self.save_dir = save_dir
+        self.state_path = os.path.join(save_dir, "resume.json")
+        self.guard = guard
+        self.extra = extra or {}
+        self.best_map = best_map
+        self.pending = None
+        outer = self
+
+        class _Committer(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                outer.commit(epoch)
+        self.committer = _Committer()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.tripped:
+            self.pending = None
+            return
+        name = f"resume_{epoch % 2}.weights.h5"
+        with atomic_path(os.path.join(self.save_dir, name)) as tmp:
+            self.model.save_weights(tmp)
+        self.pending = name
+
+    def commit(self, epoch):
+        if self.pending is None:
+            return
+        state = {"epoch": epoch + 1, "weights": self.pending, "best_map": float(self.best_map()), **self.extra}
+        with atomic_path(self.state_path) as tmp, open(tmp, "w") as f:
+            json.dump(state, f, indent=2)
+        self.pending = None
+
+    @staticmethod
+    def read(save_dir) -> dict | None:
+        path = os.path.join(save_dir, "resume.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+
+class EvalCheckpoint(keras.callbacks.Callback):
+    """Every ``every`` epochs: mAP@0.5 on the validation records; ``last.keras`` each epoch,
+    ``best.keras`` when mAP improves. Place it after SwapEMAWeights(swap_on_epoch=True) so it
+    sees (and saves) the EMA weights."""
+
+    def __init__(self, body, meta, save_dir, evaluate_fn, every: int, total_epochs: int,
+                 guard: NanGuard, best_map: float = -1.0, log=print):
+        super().__init__()
+        self.body, self.meta, self.save_dir = body, meta, save_dir
+        self.evaluate_fn, self.every, self.total_epochs = evaluate_fn, max(int(every), 1), total_epochs
+        self.guard, self.best_map, self.log = guard, best_map, log
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if self.guard.tripped:
+            return
+        m = float("nan")
+        if self.evaluate_fn is not None and ((epoch + 1) % self.every == 0 or epoch + 1 == self.total_epochs):
+            m = float(self.evaluate_fn(self.body))
+            self.log(f"epoch {epoch + 1}: val mAP@0.5 = {m:.4f} (best {max(self.best_map, m):.4f})")
+        logs["val_map50"] = m
+        save_detector(self.body, os.path.join(self.save_dir, "last.keras"), self.meta)
+        if np.isfinite(m) and m > self.best_map:
+            self.best_map = m
+            save_detector(self.body, os.path.join(self.save_dir, "best.keras"), self.meta)
+        elif self.evaluate_fn is None and not os.path.exists(os.path.join(self.save_dir, "best.keras")):
+            save_detector(self.body, os.path.join(self.save_dir, "best.keras"), self.meta)
+        logs["best_map50"] = self.best_map
+
+
+class CurvesPlot(keras.callbacks.Callback):
+    """Redraws ``curves.png`` (losses and mAP per epoch) from the CSV log after each epoch."""
+
+    def __init__(self, csv_path, png_path):
+        super().__init__()
+        self.csv_path, self.png_path = csv_path, png_path
+
+    def on_epoch_end(self, epoch, logs=None):
+        plot_curves(self.csv_path, self.png_path)
+
+
+def plot_curves(csv_path, png_path):
+    import csv
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not os.path.isfile(csv_path):
+        return
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+
+    def col(key):
+        out = []
+        for r in rows:
+            try:
+                out.append(float(r.get(key, "nan")))
+            except ValueError:
+                out.append(float("nan"))
+        return np.array(out)
+
+    epochs = col("epoch") + 1
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "box_loss", "obj_loss", "cls_loss"):
+        if key in rows[0]:
+            ax1.plot(epochs, col(key), label=key)
+    ax1.set_xlabel("epoch"), ax1.set_title("training loss"), ax1.legend(), ax1.grid(alpha=0.3)
+    if "val_map50" in rows[0]:
+        m = col("val_map50")
+        ok = np.isfinite(m)
+        ax2.plot(epochs[ok], m[ok], "o-", label="val mAP@0.5")
+    ax2.set_xlabel("epoch"), ax2.set_ylim(0, 1), ax2.set_title("validation mAP@0.5"), ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(png_path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,280 @@
+"""The training run behind train.py: data, model, two-phase schedule, logs, resume.
+
+Phases (the schedule users of this kind of project expect): epochs [0, freeze_epochs) train
+with the backbone frozen at ``freeze_batch_size``; the rest train everything at
+``batch_size``. Each phase is one ``fit`` call with its own optimizer (the trainable set
+changes, so the optimizer's slots do too). ``resume_{0,1}.weights.h5`` + ``resume.json`` are
+written at every epoch end; ``--resume`` rebuilds the phase of the next epoch, restores model
+and optimizer state (iteration count, moments, EMA) and continues with the same learning
+rate position and augmentation schedule (both are pure functions of the epoch).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+
+DEMO_ROOT = os.path.join("VOCdevkit", "demo")
+
+
+class TrainError(RuntimeError):
+    """A problem with the run's setup, reported as one message (no traceback)."""
+
+
+def _log(msg):
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+def resolve_data(args):
+    """(train_records, val_records, class_names) from the parsed options."""
+    from utils.voc import load_flat, load_voc, read_class_names
+
+    if args.demo:
+        from utils.demo_data import make_demo_dataset
+        root = args.root[0] if args.root else DEMO_ROOT
+        path = make_demo_dataset(root, num_images=args.demo_images, seed=0)
+        args.root = [str(path)]
+        if args.classes is None:
+            args.classes = os.path.join(str(path), "demo_classes.txt")
+    if not args.root and not args.images:
+        default = os.path.join("VOCdevkit", "VOC2007")
+        if os.path.isdir(os.path.join(default, "Annotations")):
+            args.root = [default]
+        else:
+            raise TrainError(
+                "no dataset given and no VOC data under VOCdevkit/VOC2007. Pass --root DIR (VOC layout) or "
+                "--images DIR --annotations DIR, or run `python train.py --demo` to build and train on "
+                "the bundled synthetic demo dataset (offline).")
+    if args.classes is None:
+        args.classes = os.path.join("model_data", "voc_classes.txt")
+    class_names = read_class_names(args.classes)
+    ratios = tuple(args.split_ratios)
+    if args.images:
+        if not args.annotations:
+            raise TrainError("--images needs --annotations (the folder of VOC XML files)")
+        train = load_flat(args.images, args.annotations, args.train_split, class_names, ratios=ratios, seed=args.seed)
+        val = load_flat(args.images, args.annotations, args.val_split, class_names, ratios=ratios, seed=args.seed,
+                        log=None)
+    else:
+        train = load_voc(args.root, args.train_split, class_names, ratio=ratios, seed=args.seed)
+        val = load_voc(args.root, args.val_split, class_names, ratio=ratios, seed=args.seed, log=None)
+    return train, val, class_names
+
+
+# ----------------------------------------------------------------------------- model
+
+def make_optimizer(args, lr):
+    import keras
+
+    common = dict(learning_rate=lr, use_ema=args.ema, ema_momentum=args.ema_momentum,
+                  weight_decay=args.weight_decay or None, clipnorm=args.clipnorm or None)
+    if args.optimizer == "sgd":
+        opt = keras.optimizers.SGD(momentum=args.momentum, nesterov=True, **common)
+    elif args.optimizer == "adam":
+        common.pop("weight_decay")
+        opt = keras.optimizers.Adam(beta_1=args.momentum, **common)
+    elif args.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(beta_1=args.momentum, **common)
+    else:
+        raise TrainError(f"unknown optimizer {args.optimizer!r}; valid: sgd, adam, adamw")
+    if args.weight_decay and args.optimizer != "adam":
+        # decoupled decay on kernels only: BN scales/offsets and biases are not decayed
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return opt
+
+
+def set_backbone_trainable(body, trainable: bool):
+    from nets.yolo import backbone_layer_names
+    for name in backbone_layer_names(body):
+        body.get_layer(name).trainable = trainable
+
+
+def make_strategy(kind):
+    import tensorflow as tf
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainError(f"unknown strategy {kind!r}; valid: default, mirrored, multiworker")
+
+
+@dataclasses.dataclass
+class Phase:
+    name: str
+    start: int
+    end: int
+    batch_size: int
+    frozen: bool
+
+
+def plan_phases(args) -> list[Phase]:
+    phases = []
+    if args.freeze_epochs > 0:
+        phases.append(Phase("frozen", 0, min(args.freeze_epochs, args.epochs), args.freeze_batch_size, True))
+    if args.epochs > args.freeze_epochs:
+        phases.append(Phase("unfrozen", max(args.freeze_epochs, 0), args.epochs, args.batch_size, False))
+    return phases
+
+
+# ----------------------------------------------------------------------------- run
+
+def run(args) -> dict:
+    """Train as ``args`` (train.py's options) say; returns a summary dict."""
+    import keras
+    import tensorflow as tf
+
+    from nets.backbones import BackboneWeightsError
+    from nets.loss import YoloTrainer, init_head_biases
+    from nets.yolo import yolo_body
+    from utils import callbacks as cb
+    from utils.checkpoint import load_detector, load_weights, read_meta
+    from utils.config import save_yaml
+    from utils.dataset import EpochSetter, TrainDataset
+    from utils.augment import AugmentConfig
+    from utils.evaluate import evaluate_records, format_table
+    from utils.predictor import Detector
+    from utils.targets import load_anchors
+
+    keras.utils.set_random_seed(args.seed)
+    save_dir = args.save_dir
+    state = cb.ResumeState.read(save_dir) if args.resume else None
+    if args.resume and state is None:
+        raise TrainError(f"--resume: no resume state in {save_dir} (resume.json); start without --resume")
+    if not args.resume and os.path.isfile(os.path.join(save_dir, "resume.json")) and not args.exist_ok:
+        raise TrainError(f"{save_dir} already holds a run; pass --resume to continue it, "
+                         "--exist-ok to overwrite it, or another --save-dir")
+    os.makedirs(save_dir, exist_ok=True)
+
+    train_records, val_records, class_names = resolve_data(args)
+    anchors = load_anchors(args.anchors)
+    hw = tuple(args.input_size) if len(args.input_size) == 2 else (args.input_size[0],) * 2
+    if hw[0] % 32 or hw[1] % 32:
+        raise TrainError(f"--input-size must be multiples of 32, got {hw[0]}x{hw[1]}")
+    config = {k: v for k, v in vars(args).items() if k not in ("config",)}
+    save_yaml(config, os.path.join(save_dir, "config.yaml"))
+    meta = {"backbone": args.backbone, "alpha": args.alpha, "class_names": class_names,
+            "anchors": anchors, "input_shape": hw, "anchors_per_scale": 3}
+    _log(f"train: {len(train_records)} images, val: {len(val_records)} images, {len(class_names)} classes, "
+         f"input {hw[0]}x{hw[1]}, backbone {args.backbone} (alpha {args.alpha:g})")
+
+    strategy = make_strategy(args.strategy)
+    with strategy.scope():
+        try:
+            body = yolo_body(hw, len(class_names), backbone=args.backbone, alpha=args.alpha, weight_decay=0.0,
+                             backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights)
+        except BackboneWeightsError as exc:
+            raise TrainError(str(exc)) from None
+        init_head_biases(body, len(class_names), hw, anchors)
+        if args.weights and not state:
+            if args.weights.endswith(".keras"):
+                src, _ = load_detector(args.weights)
+                tmp = os.path.join(save_dir, ".init.weights.h5")
+                src.save_weights(tmp)
+                skipped = load_weights(body, tmp, skip_mismatch=True)
+                os.remove(tmp)
+            else:
+                skipped = load_weights(body, args.weights, skip_mismatch=True)
+            _log(f"initialised from {args.weights}; skipped {len(skipped)} layers whose shapes differ"
+                 + (f": {', '.join(skipped)}" if skipped else ""))
+        trainer = YoloTrainer(body, anchors, len(class_names), hw, label_smoothing=args.label_smoothing,
+                              focal_gamma=args.focal_gamma, ignore_thresh=args.ignore_thresh)
+
+    aug = AugmentConfig(mosaic_prob=args.mosaic_prob if args.mosaic else 0.0,
+                        mixup_prob=args.mixup_prob if args.mixup else 0.0,
+                        mosaic_fraction=args.mosaic_fraction)
+    val_detector = Detector(body, meta)
+
+    def evaluate_fn(model):
+        res = evaluate_records(val_detector, val_records, batch_size=args.eval_batch_size, coco=False)
+        return res["map"]
+
+    guard = cb.NanGuard(_log)
+    best_map = float(state.get("best_map", -1.0)) if state else -1.0
+    start_epoch = int(state["epoch"]) if state else 0
+    csv_path = os.path.join(save_dir, "log.csv")
+    if start_epoch >= args.epochs:
+        _log(f"nothing to do: the run in {save_dir} already finished {start_epoch} epochs")
+    t_start = time.time()
+    for phase in plan_phases(args):
+        if start_epoch >= phase.end:
+            continue
+        init_epoch = max(start_epoch, phase.start)
+        ds = TrainDataset(train_records, len(class_names), hw, phase.batch_size, anchors, seed=args.seed,
+                          augment=aug if args.augment else False, drop_remainder=len(train_records) >= phase.batch_size,
+                          num_parallel=args.workers)
+        steps = len(ds) if not args.steps_per_epoch else min(len(ds), args.steps_per_epoch)
+        lr = args.lr * phase.batch_size / args.nominal_batch
+        with strategy.scope():
+            set_backbone_trainable(body, not phase.frozen)
+            optimizer = make_optimizer(args, lr)
+            trainer.compile(optimizer=optimizer, jit_compile=args.jit)
+            if state and init_epoch == start_epoch:
+                trainer(np.zeros((1, *hw, 3), np.float32))
+                optimizer.build(trainer.trainable_variables)
+                trainer.load_weights(os.path.join(save_dir, state["weights"]))
+                _log(f"resumed from {save_dir} at epoch {start_epoch + 1} ({phase.name} phase)")
+        _log(f"phase {phase.name}: epochs {init_epoch + 1}-{phase.end}, batch {phase.batch_size}, "
+             f"lr {lr:.2e} ({args.optimizer}), {steps} steps/epoch")
+        schedule = dict(total_epochs=args.epochs, base_lr=lr, min_lr=lr * args.min_lr_ratio,
+                        warmup_epochs=args.warmup_epochs, kind=args.lr_schedule,
+                        step_epochs=tuple(args.step_epochs or ()))
+        ds.set_epoch(init_epoch, args.epochs)
+        checkpoint = cb.EvalCheckpoint(body, meta, save_dir, evaluate_fn if val_records else None,
+                                       args.eval_every, args.epochs, guard, best_map, _log)
+        resume = cb.ResumeState(save_dir, guard, {"phase": phase.name}, lambda: checkpoint.best_map)
+        # order matters: raw weights are saved for resuming before the EMA swap; the
+        # evaluation and checkpoints see the EMA weights; the CSV sees val_map50; the
+        # resume commit comes last, once everything of the epoch is on disk.
+        callbacks = [EpochSetter(ds, args.epochs), cb.LRSchedule(steps, **schedule), guard, resume]
+        if args.ema:
+            callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        callbacks += [checkpoint,
+                      keras.callbacks.CSVLogger(csv_path, append=os.path.isfile(csv_path)),
+                      cb.CurvesPlot(csv_path, os.path.join(save_dir, "curves.png"))]
+        if args.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(save_dir, "tensorboard"), update_freq="epoch"))
+        callbacks.append(resume.committer)
+        data = ds.as_tf_dataset()
+        if args.steps_per_epoch:
+            data = data.take(steps)
+        trainer.fit(data, epochs=phase.end, initial_epoch=init_epoch, callbacks=callbacks,
+                    verbose=args.verbose)
+        best_map = checkpoint.best_map
+        start_epoch = phase.end
+        if guard.tripped:
+            raise TrainError(f"training stopped: non-finite loss at epoch {guard.tripped[0]}, step {guard.tripped[1]}; "
+                             f"the last good checkpoint is {os.path.join(save_dir, 'last.keras')}")
+    wall = time.time() - t_start
+
+    summary = {"save_dir": save_dir, "wall_s": wall, "best_map50": best_map}
+    best = os.path.join(save_dir, "best.keras")
+    if val_records and os.path.isfile(best):
+        model, meta_best = load_detector(best)
+        res = evaluate_records(Detector(model, meta_best), val_records, batch_size=args.eval_batch_size)
+        _log(f"\nbest checkpoint {best} on the validation split:")
+        _log(format_table(res, class_names))
+        summary["final"] = {"map50": res["map"], "coco": res.get("coco")}
+    _log(f"done in {wall / 60:.1f} min; checkpoints, log.csv and curves.png in {save_dir}")
+    return summary
+
+
+def main_guarded(args) -> int:
+    """Run with one-line errors for the user's mistakes; Ctrl-C leaves the last epoch's state."""
+    from utils.voc import DatasetError
+    try:
+        run(args)
+    except (TrainError, DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: python train.py --resume --save-dir {args.save_dir} "
+              "(plus the same data options)", file=sys.stderr)
+        return 130
+    return 0
