@@ -112,23 +112,21 @@ def test_bad_inputs_have_clear_errors(detector):
         detector.detect(_images(), nms="fast")
 
 
-def test_real_yolo_body_detector_and_end_to_end_model_agree(tmp_path):
+def test_real_yolo_body_detector_and_end_to_end_model_agree():
+    # (loading through Detector.from_file is covered by tests/test_eval_map.py)
     yolo = pytest.importorskip("nets.yolo")
-    checkpoint = pytest.importorskip("utils.checkpoint")
     from utils.decode import end_to_end_model
 
     body = yolo.yolo_body((128, 128), 3, backbone="mobilenetv1", alpha=0.25)
     meta = {"class_names": CLASSES, "anchors": ANCHORS.tolist(), "input_shape": [128, 128],
             "backbone": "mobilenetv1", "alpha": 0.25}
-    path = str(tmp_path / "det.keras")
-    checkpoint.save_detector(body, path, meta)
-    det = Detector.from_file(path, score_thresh=0.05, max_det=20)
+    det = Detector(body, meta, score_thresh=0.05, max_det=20)
     assert det.class_names == CLASSES and det.backbone == "mobilenetv1"
     images = _images(3)
     batch, lbs = det.preprocess(images)
     padded = det.infer(batch)
     # the same body + YoloPostprocess as one model (saving it: tests/test_decode.py) agrees
-    out = end_to_end_model(det.model, ANCHORS, 3, score_thresh=0.05, max_det=20)(batch.astype(np.float32))
+    out = end_to_end_model(body, ANCHORS, 3, score_thresh=0.05, max_det=20)(batch.astype(np.float32))
     np.testing.assert_array_equal(out["num_valid"].numpy(), padded[3])
     np.testing.assert_allclose(out["scores"].numpy(), padded[1], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out["boxes"].numpy(), padded[0], rtol=1e-4, atol=1e-2)
