@@ -109,3 +109,51 @@ def image_grid(images, cols=None, pad=4, pad_value=255):
         r, c = divmod(k, cols)
         grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = np.clip(im, 0, 255).astype(np.uint8)
     return grid
+
+
+def draw_counts(image, counts, class_names=None, colors=None, font_scale=None, max_lines=None):
+    """Draw a per-class count legend ("name: n", one line per class) in the top-left corner.
+
+    Args:
+      image: HxWx3 RGB uint8 (or float in [0, 255]); not modified.
+      counts: mapping class index -> count (classes with 0 are not listed); listed by
+        count, then by index.
+      class_names, colors: as in :func:`draw_detections`, so a class keeps its box colour.
+      max_lines: the most lines drawn (default: as many as fit); the rest become "+k more".
+    Returns:
+      A new uint8 RGB image. The legend is a dark panel with white text and a colour swatch
+      per class, kept inside the image (text shrinks on small images).
+    """
+    img = np.ascontiguousarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8)).copy()
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"draw_counts expects an HxWx3 RGB image, got shape {img.shape}")
+    items = sorted(((int(k), int(v)) for k, v in dict(counts).items() if int(v) > 0), key=lambda kv: (-kv[1], kv[0]))
+    if not items:
+        return img
+    H, W = img.shape[:2]
+    n_colors = max(len(class_names) if class_names is not None else 0, max(k for k, _ in items) + 1)
+    colors = list(colors) if colors is not None else class_colors(n_colors)
+    font_scale = font_scale or max(0.35, min(H, W) / 1000)
+    thick = 1
+    lines = [((class_names[k] if class_names is not None and 0 <= k < len(class_names) else str(k)) + f": {v}", k)
+             for k, v in items]
+    (_, th), base = cv2.getTextSize("Ag", _FONT, font_scale, thick)
+    line_h = th + base + 4
+    fit = max(1, (H - 4) // line_h)
+    limit = min(fit, max_lines or fit)
+    if len(lines) > limit:
+        rest = len(lines) - (limit - 1)
+        lines = lines[:limit - 1] + [(f"+{rest} more", None)]
+    swatch = th
+    width = max(cv2.getTextSize(t, _FONT, font_scale, thick)[0][0] for t, _ in lines) + swatch + 10
+    width, height = min(width, W), min(len(lines) * line_h + 4, H)
+    panel = img[:height, :width].astype(np.float32)
+    img[:height, :width] = (panel * 0.35).astype(np.uint8)  # darkened: white text reads on any image
+    for i, (text, k) in enumerate(lines):
+        y = 2 + i * line_h
+        if k is not None:
+            color = tuple(int(c) for c in colors[k % len(colors)])
+            cv2.rectangle(img, (3, y + 2), (3 + swatch, y + 2 + swatch), color, -1)
+        cv2.putText(img, text, (swatch + 7, y + th + 2), _FONT, font_scale, (255, 255, 255), thick,
+                    lineType=cv2.LINE_AA)
+    return img

@@ -788,3 +788,78 @@ def check_dataset(class_names, *, root=None, images_dir=None, annotations_dir=No
         raise ValueError("check_dataset: give root=, or images_dir= and annotations_dir=")
     records = _load_entries(entries, names, check_images, report)
     return CheckResult(records, report, dataset_stats(records, names), split_problems)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def voc_xml_string(image_path, width: int, height: int, boxes, labels, class_names, difficult=None) -> str:
+    """A VOC annotation (the labelImg / VOC devkit layout) for one image, as text.
+
+    ``boxes`` are xyxy pixels in the stored frame (the convention of :class:`VocRecord`);
+    they are written as whole pixels: rounded, clipped to the image, and widened to one
+    pixel where rounding would collapse them, so :func:`parse_voc_xml` reads every box back
+    (within 0.5 px of the input for boxes wider than a pixel). Built with the standard
+    library's ElementTree, which escapes class and file names; reading goes through
+    defusedxml as always.
+    """
+    from xml.etree import ElementTree as ET  # writing only: nothing untrusted is parsed here
+
+    names = _class_list(class_names)
+    width, height = int(width), int(height)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if len(labels) != len(boxes):
+        raise ValueError(f"voc_xml_string: {len(boxes)} boxes but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+        raise ValueError(f"voc_xml_string: label {int(labels.max() if labels.max() >= len(names) else labels.min())} "
+                         f"is not an index into the {len(names)} class names")
+    difficult = np.zeros(len(boxes), bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
+    path = os.fspath(image_path)
+
+    def sub(parent, tag, text=None):
+        node = ET.SubElement(parent, tag)
+        if text is not None:
+            node.text = str(text)
+        return node
+
+    root = ET.Element("annotation")
+    sub(root, "folder", os.path.basename(os.path.dirname(os.path.abspath(path))))
+    sub(root, "filename", os.path.basename(path))
+    sub(root, "path", os.path.abspath(path))
+    sub(sub(root, "source"), "database", "Unknown")
+    size = sub(root, "size")
+    sub(size, "width", width)
+    sub(size, "height", height)
+    sub(size, "depth", 3)
+    sub(root, "segmented", 0)
+    for box, label, diff in zip(boxes, labels, difficult):
+        x1, x2 = _whole_pixels(box[0], box[2], width)
+        y1, y2 = _whole_pixels(box[1], box[3], height)
+        obj = sub(root, "object")
+        sub(obj, "name", names[int(label)])
+        sub(obj, "pose", "Unspecified")
+        sub(obj, "truncated", int(x1 == 0 or y1 == 0 or x2 == width or y2 == height))
+        sub(obj, "difficult", int(bool(diff)))
+        bnd = sub(obj, "bndbox")
+        for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (x1, y1, x2, y2)):
+            sub(bnd, tag, v)
+    ET.indent(root, space="\t")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _whole_pixels(lo: float, hi: float, side: int) -> tuple[int, int]:
+    """Round [lo, hi] to integers inside [0, side] with hi > lo (one pixel at least)."""
+    a = int(min(max(round(float(lo)), 0), max(side - 1, 0)))
+    b = int(min(max(round(float(hi)), a + 1), side))
+    return a, max(b, a + 1)
+
+
+def write_voc_xml(xml_path, image_path, width: int, height: int, boxes, labels, class_names,
+                  difficult=None) -> str:
+    """Write :func:`voc_xml_string` to ``xml_path`` (folders made as needed); returns the path."""
+    xml_path = os.fspath(xml_path)
+    os.makedirs(os.path.dirname(os.path.abspath(xml_path)), exist_ok=True)
+    text = voc_xml_string(image_path, width, height, boxes, labels, class_names, difficult)
+    with open(xml_path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return xml_path
