@@ -29,6 +29,11 @@ Loss, per scale l (all sums over the whole batch, all replicas):
 * Distribution: each replica returns its local sums divided by the GLOBAL batch size /
   GLOBAL positive counts (all-reduced), so the sum over replicas (what tf.distribute does
   with gradients) equals the single-device loss exactly.
+* The three scales are flattened into one (B, N, 5+C) tensor after decoding, so CIoU, the
+  ignore IoU and the BCEs are built once (half the graph of a per-scale loop; faster
+  tracing); per-cell weight vectors carry the per-scale normalisers and balance.
+* Scale against weight decay: these terms are per-image means of order 0.1; an L2
+  kernel regulariser of 5e-4 on a few million weights adds a few units (see YoloTrainer).
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ from utils.boxes import bbox_ciou, bbox_iou_pairwise
 from utils.dataset import TARGET_KEYS  # ("y32", "y16", "y8"): the batch dict's keys
 from utils.decode import decode_head
 from utils.targets import ANCHOR_MASKS, STRIDES
+
 DEFAULT_BALANCE = (0.4, 1.0, 4.0)  # strides 32, 16, 8
 
 
@@ -136,72 +142,74 @@ class YoloLoss:
         if len(y_pred) != 3:
             raise ValueError(f"YoloLoss: expected 3 outputs (strides 32, 16, 8), got {len(y_pred)}")
         c = self.num_classes
-        gt = ops.cast(y_true["gt_boxes"], "float32")
-        gt_valid = (gt[..., 2] * gt[..., 3]) > 0  # (B, M)
-
         raws = [ops.cast(r, "float32") for r in y_pred]
         yts = [ops.cast(y_true[k], "float32") for k in TARGET_KEYS]
-        local_b = ops.cast(ops.shape(raws[0])[0], "float32")
+        batch = ops.shape(raws[0])[0]
         n_pos_local = ops.stack([ops.sum(yt[..., 4]) for yt in yts])
         # one all-reduce for all counts: [batch, N_pos per scale]
-        counts = _global_sum(ops.concatenate([ops.reshape(local_b, (1,)), n_pos_local]))
+        counts = _global_sum(ops.concatenate([ops.reshape(ops.cast(batch, "float32"), (1,)), n_pos_local]))
         global_b, n_pos = counts[0], ops.maximum(counts[1:], 1.0)
 
-        box_total = obj_total = cls_total = ops.zeros((), "float32")
+        # Decode each scale, then flatten the three scales to (B, N, .) so that every term is
+        # computed once; per-cell weights carry the per-scale normalisers and balance.
+        boxes, raw_flat, yt_flat, w_pos, w_obj = [], [], [], [], []
         for l, (raw, yt) in enumerate(zip(raws, yts)):
-            shape = ops.shape(raw)
-            b, gh, gw = shape[0], shape[1], shape[2]
-            raw = ops.reshape(raw, (b, gh, gw, 3, 5 + c))
             anchors_wh = self.anchors[list(ANCHOR_MASKS[l])]
             pred_box, _, _ = decode_head(raw, anchors_wh, self.input_hw, c)
-            pred_box = ops.reshape(pred_box, (b, gh, gw, 3, 4))
-            pos = yt[..., 4] > 0.5  # (B, gh, gw, 3)
+            boxes.append(ops.reshape(pred_box, (batch, -1, 4)))
+            raw_flat.append(ops.reshape(raw, (batch, -1, 5 + c)))
+            yt_flat.append(ops.reshape(yt, (batch, -1, 5 + c)))
+            cells = ops.shape(raw_flat[-1])[1]  # gh * gw * 3
+            w_pos.append(ops.full((cells,), 1.0) / n_pos[l])
+            w_obj.append(ops.full((cells,), self.balance[l]) / (ops.cast(cells, "float32") * global_b))
+        pred_box = ops.concatenate(boxes, axis=1)  # (B, N, 4)
+        raw = ops.concatenate(raw_flat, axis=1)  # (B, N, 5 + C)
+        yt = ops.concatenate(yt_flat, axis=1)
+        w_pos, w_obj = ops.concatenate(w_pos), ops.concatenate(w_obj)  # (N,)
+        pos = yt[..., 4] > 0.5  # (B, N)
 
-            # box: CIoU on positives; elsewhere a harmless dummy box keeps values finite.
-            dummy = ops.convert_to_tensor([0.5, 0.5, 0.25, 0.25], "float32")
-            true_box = ops.where(pos[..., None], yt[..., 0:4], dummy)
-            ciou = bbox_ciou(pred_box, true_box)
-            box_term = 1.0 - ciou
-            if self.box_area_weight:
-                box_term = box_term * (2.0 - true_box[..., 2] * true_box[..., 3])
-            box_l = ops.sum(ops.where(pos, box_term, 0.0)) / n_pos[l]
+        # box: CIoU on positives; elsewhere a harmless dummy box keeps values finite.
+        dummy = ops.convert_to_tensor([0.5, 0.5, 0.25, 0.25], "float32")
+        true_box = ops.where(pos[..., None], yt[..., 0:4], dummy)
+        ciou = bbox_ciou(pred_box, true_box)
+        box_term = 1.0 - ciou
+        if self.box_area_weight:
+            box_term = box_term * (2.0 - true_box[..., 2] * true_box[..., 3])
+        box = ops.sum(ops.where(pos, box_term, 0.0) * w_pos)
 
-            # objectness, with negatives that already overlap a true box left out
-            flat_pred = ops.reshape(ops.stop_gradient(pred_box), (b, -1, 4))
-            iou = bbox_iou_pairwise(flat_pred, gt)  # (B, gh*gw*3, M)
-            iou = ops.where(gt_valid[:, None, :], iou, 0.0)
-            best = ops.reshape(ops.max(iou, axis=-1), (b, gh, gw, 3))
-            ignore = ops.logical_and(ops.logical_not(pos), best > self.ignore_thresh)
-            if self.obj_target == "iou":
-                pos_target = ops.stop_gradient(ops.maximum(ciou, 0.0))
-            else:
-                pos_target = ops.ones_like(ciou)
-            tobj = ops.where(pos, pos_target, 0.0)
-            obj_bce = self._obj_bce(tobj, raw[..., 4])
-            cells = ops.cast(gh * gw * 3, "float32") * global_b
-            obj_l = ops.sum(ops.where(ignore, 0.0, obj_bce)) / cells
+        # objectness, with negatives that already overlap a true box (any scale) left out
+        gt = ops.cast(y_true["gt_boxes"], "float32")
+        iou = bbox_iou_pairwise(ops.stop_gradient(pred_box), gt)  # (B, N, M)
+        iou = ops.where(((gt[..., 2] * gt[..., 3]) > 0)[:, None, :], iou, 0.0)
+        ignore = ops.logical_and(ops.logical_not(pos), ops.max(iou, axis=-1) > self.ignore_thresh)
+        if self.obj_target == "iou":
+            pos_target = ops.stop_gradient(ops.maximum(ciou, 0.0))
+        else:
+            pos_target = ops.ones_like(ciou)
+        obj_bce = self._obj_bce(ops.where(pos, pos_target, 0.0), raw[..., 4])
+        obj = ops.sum(ops.where(ignore, 0.0, obj_bce) * w_obj)
 
-            # classes on positives
-            cls_bce = ops.binary_crossentropy(self.smooth_labels(yt[..., 5:]), raw[..., 5:],
-                                              from_logits=True)
-            cls_l = ops.sum(ops.where(pos[..., None], cls_bce, 0.0)) / (n_pos[l] * c)
+        # classes on positives
+        cls_bce = ops.binary_crossentropy(self.smooth_labels(yt[..., 5:]), raw[..., 5:], from_logits=True)
+        cls = ops.sum(ops.where(pos[..., None], cls_bce, 0.0) * w_pos[:, None]) / c
 
-            box_total = box_total + box_l
-            obj_total = obj_total + self.balance[l] * obj_l
-            cls_total = cls_total + cls_l
-
-        box = self.box_weight * box_total
-        obj = self.obj_weight * obj_total
-        cls = self.cls_weight * cls_total
+        box, obj, cls = self.box_weight * box, self.obj_weight * obj, self.cls_weight * cls
         return {"total": box + obj + cls, "box": box, "obj": obj, "cls": cls}
 
 
+def _replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+# Keras does the same scaling for its compiled losses (keras.src.losses.loss
+# scale/unscale_loss_for_distribution; not public API): each replica returns its share of
+# the global mean, and its trackers get that share x replicas (the replica's own mean).
+def _share_for_distribution(value):
+    return value / float(_replicas()) if _replicas() > 1 else value
+
+
 def _unscale_for_distribution(value):
-    # A replica's value is its share of the global mean; x replicas gives the replica's own
-    # mean, which is what Keras feeds its own loss tracker (keras.src.losses.loss does the
-    # same; it is not public API).
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return value * float(replicas) if replicas > 1 else value
+    return value * float(_replicas()) if _replicas() > 1 else value
 
 
 class YoloTrainer(keras.Model):
@@ -237,8 +245,9 @@ class YoloTrainer(keras.Model):
                             f"got {type(y).__name__}")
         terms = self.yolo_loss(y, y_pred)
         total = terms["total"]
-        for reg in self.losses:  # weight decay of the body; scaled per replica by Keras
-            total = total + self._aggregate_additional_loss(reg)
+        if self.losses:  # weight decay of the body: the same on every replica, so a share
+            reg = ops.sum(ops.stack([ops.sum(ops.cast(l, "float32")) for l in self.losses]))
+            total = total + _share_for_distribution(reg)
         batch = ops.shape(y_pred[0])[0]
         for tracker, key in ((self.box_tracker, "box"), (self.obj_tracker, "obj"),
                              (self.cls_tracker, "cls")):
@@ -252,10 +261,11 @@ class YoloTrainer(keras.Model):
 
 def init_head_biases(body: keras.Model, num_classes: int, input_hw=None, anchors=None,
                      objects_per_image: float = 8.0) -> None:
-    """YOLOv5 prior for the output biases (Redmon/Jocher; Lin et al. 2017 sec. 4.1 "prior").
+    """YOLOv5's prior for the output biases (ultralytics ``_initialize_biases``; the RetinaNet
+    "prior" initialisation, Lin et al. 2017 sec. 3.3): training starts from a low objectness.
 
     For each output (stride s, grid gh x gw), the conv that produces it gets objectness bias
-    log(objects_per_image / (gh * gw)) (about 8 objects per image spread over the cells)
+    log(objects_per_image / (gh * gw)) on every anchor slot (YOLOv5: log(8 / (640 / s)^2))
     and class bias log(0.6 / (C - 0.99)); box biases are set to 0. ``input_hw`` defaults to
     the body's input size; ``anchors`` (the 9 pairs) only fixes anchors per scale (default
     3). Works in place; raises if an output is not produced by a Conv2D with a bias.

@@ -115,17 +115,17 @@ def bbox_ciou(b1, b2):
     import math
 
     from keras import ops
-    lo1, hi1 = _tf_corners(b1)
-    lo2, hi2 = _tf_corners(b2)
-    wh = ops.maximum(ops.minimum(hi1, hi2) - ops.maximum(lo1, lo2), 0.0)
-    inter = wh[..., 0] * wh[..., 1]
-    wh1, wh2 = hi1 - lo1, hi2 - lo2  # sizes from the corners, like inter: IoU(b, b) == 1 exactly
-    area1, area2 = wh1[..., 0] * wh1[..., 1], wh2[..., 0] * wh2[..., 1]
+    x1, y1, w1, h1 = ops.unstack(b1, 4, axis=-1)
+    x2, y2, w2, h2 = ops.unstack(b2, 4, axis=-1)
+    l1, r1, t1, d1 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
+    l2, r2, t2, d2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
+    inter = (ops.maximum(ops.minimum(r1, r2) - ops.maximum(l1, l2), 0.0)
+             * ops.maximum(ops.minimum(d1, d2) - ops.maximum(t1, t2), 0.0))
+    area1, area2 = (r1 - l1) * (d1 - t1), (r2 - l2) * (d2 - t2)  # like inter: IoU(b, b) == 1 exactly
     iou = inter / ops.maximum(area1 + area2 - inter, _TF_EPS)
-    w1, h1, w2, h2 = b1[..., 2], b1[..., 3], b2[..., 2], b2[..., 3]
-    enclose = ops.maximum(hi1, hi2) - ops.minimum(lo1, lo2)
-    c2 = ops.maximum(enclose[..., 0] ** 2 + enclose[..., 1] ** 2, _TF_EPS)
-    rho2 = (b1[..., 0] - b2[..., 0]) ** 2 + (b1[..., 1] - b2[..., 1]) ** 2
+    c2 = ops.maximum((ops.maximum(r1, r2) - ops.minimum(l1, l2)) ** 2
+                     + (ops.maximum(d1, d2) - ops.minimum(t1, t2)) ** 2, _TF_EPS)
+    rho2 = (x1 - x2) ** 2 + (y1 - y2) ** 2
     v = (4.0 / math.pi ** 2) * (ops.arctan(w2 / ops.maximum(h2, _TF_EPS))
                                 - ops.arctan(w1 / ops.maximum(h1, _TF_EPS))) ** 2
     alpha = ops.stop_gradient(v / ops.maximum(v - iou + 1.0, _TF_EPS))
