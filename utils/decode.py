@@ -122,16 +122,18 @@ def _diou_nms(boxes, scores, score_thresh, iou_thresh, max_det):
         best_cls = best % c
         # DIoU against the K boxes (not the K*C pairs), then applied to the best's class only
         _, diou = box_diou_tf(best_box[:, None, :], boxes)  # (B, K)
-        suppress = tf.logical_and((diou > iou_thresh)[:, :, None],
-                                  (class_ids[None, :] == best_cls[:, None])[:, None, :])  # (B, K, C)
+        # expand_dims and range comparisons instead of bool [..., None] slices and tf.one_hot:
+        # the same values, but they convert to TFLite builtins and to ONNX (exported models)
+        same_cls = tf.equal(tf.expand_dims(class_ids, 0), tf.expand_dims(best_cls, 1))  # (B, C)
+        suppress = tf.logical_and(tf.expand_dims(diou > iou_thresh, 2), tf.expand_dims(same_cls, 1))  # (B, K, C)
         suppress = tf.logical_or(tf.reshape(suppress, (b, k * c)),
-                                 tf.one_hot(best, k * c, on_value=True, off_value=False))
+                                 tf.equal(tf.expand_dims(tf.range(k * c), 0), tf.expand_dims(best, 1)))
         s = tf.where(suppress, neg, s)
         # write slot i of the images that still had a candidate (the others keep their zeros)
-        slot = tf.logical_and(tf.one_hot(i, max_det, on_value=True, off_value=False)[None, :], valid[:, None])
-        out_boxes = tf.where(slot[..., None], best_box[:, None, :], out_boxes)
-        out_scores = tf.where(slot, best_score[:, None], out_scores)
-        out_cls = tf.where(slot, best_cls[:, None], out_cls)
+        slot = tf.logical_and(tf.expand_dims(tf.equal(tf.range(max_det), i), 0), tf.expand_dims(valid, 1))
+        out_boxes = tf.where(tf.expand_dims(slot, 2), tf.expand_dims(best_box, 1), out_boxes)
+        out_scores = tf.where(slot, tf.expand_dims(best_score, 1), out_scores)
+        out_cls = tf.where(slot, tf.expand_dims(best_cls, 1), out_cls)
         return i + 1, s, out_boxes, out_scores, out_cls, num_valid + tf.cast(valid, tf.int32)
 
     init = (tf.constant(0), flat, tf.zeros((b, max_det, 4)), tf.zeros((b, max_det)),
