@@ -11,10 +11,8 @@ records them in docs/benchmarks.md (section "Data throughput"; --no-record to sk
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -23,7 +21,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-SECTION = "## Data throughput"
+from benchmarks._record import command_line, record  # noqa: E402
+
+SECTION = "Data throughput"
 
 
 def iterate(ds, backend, batches, workers):
@@ -54,23 +54,6 @@ def iterate(ds, backend, batches, workers):
     dt = time.perf_counter() - t0
     stop()
     return n / dt
-
-
-def record(lines, command):
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    body = "\n".join([SECTION, "", f"{datetime.date.today()} on {platform.node() or 'unknown'} "
-                      f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, load average "
-                      f"{load} at the end: other jobs shared the CPUs); command:", "",
-                      f"    {command}", ""] + [f"    {line}" for line in lines]) + "\n"
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        text = head + body + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
 
 
 def main(argv=None):
@@ -109,7 +92,7 @@ def main(argv=None):
         print(line, flush=True)
         lines.append(line)
     if not args.no_record:
-        record(lines, "python benchmarks/data_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        record(SECTION, command_line("data_throughput.py", argv), lines)
 
 
 if __name__ == "__main__":

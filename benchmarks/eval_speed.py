@@ -12,10 +12,8 @@ is run before timing. Prints the figures and records them in docs/benchmarks.md 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import pathlib
-import platform
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,22 +21,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-SECTION = "## Evaluation speed"
+from benchmarks._record import command_line, record  # noqa: E402
 
-
-def record(lines, command):
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    body = "\n".join([SECTION, "", f"{datetime.date.today()} on {platform.node() or 'unknown'} "
-                      f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}); command:", "",
-                      f"    {command}", ""] + [f"    {line}" for line in lines]) + "\n"
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        text = head + body + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
+SECTION = "Evaluation speed"
 
 
 def main(argv=None):
@@ -88,9 +73,7 @@ def main(argv=None):
              f"max_det {a.max_det}, {a.nms} NMS, random weights, {a.split} split of {a.root}"] + rows
     print("\n".join(lines))
     if not a.no_record:
-        cmd = "python benchmarks/eval_speed.py" + ("" if argv is None and len(sys.argv) == 1 else
-                                                   " " + " ".join(argv if argv is not None else sys.argv[1:]))
-        record(lines, cmd)
+        record(SECTION, command_line("eval_speed.py", argv), lines)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 
@@ -26,39 +24,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-SECTION = "## predict.py fps mode"
+from benchmarks._record import command_line, record  # noqa: E402
 
-
-def machine() -> str:
-    """'<lscpu model name>, <n> cores (<n> usable)'; falls back to platform when lscpu is absent."""
-    import platform
-    model = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        model = fields.get("Model name", "").strip()
-        cores = int(fields.get("CPU(s)", "0").strip() or 0)
-    except (OSError, ValueError, subprocess.SubprocessError):
-        cores = 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model or platform.processor() or platform.machine()}, {cores or os.cpu_count()} CPUs ({usable} usable)"
-
-
-def record(text: str, command: str, predict_command: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    body = "\n".join([SECTION, "", f"{datetime.date.today()} on {machine()}, load average {load} at the end "
-                      "(the CPUs may be shared with other jobs); command:", "",
-                      f"    {command}", "", "which runs, with a randomly initialised model saved by save_detector:", "",
-                      f"    {predict_command}", ""] + [f"    {line}" for line in text.splitlines()]) + "\n"
-    if SECTION in doc:
-        head, rest = doc.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        doc = head + body + (("\n" + rest[nxt + 1:]) if nxt >= 0 else "")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + body
-    path.write_text(doc)
+SECTION = "predict.py fps mode"
 
 
 def main(argv=None) -> int:
@@ -102,9 +70,10 @@ def main(argv=None) -> int:
         if rc != 0:
             return rc
     if not args.no_record:
-        command = "python benchmarks/predict_fps.py " + " ".join(argv if argv is not None else sys.argv[1:])
         predict_command = "python predict.py " + " ".join(a.replace(tmp + os.sep, "") for a in argv_predict)
-        record(text.strip(), command.strip(), predict_command)
+        record(SECTION, command_line("predict_fps.py", argv),
+               "which runs, with a randomly initialised model saved by save_detector:", [predict_command],
+               text.strip().splitlines())
     return 0
 
 
