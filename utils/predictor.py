@@ -8,9 +8,15 @@ The model and the post-processing are also compiled separately (``forward`` and
 ``postprocess``) so that ``detect_timed`` can report where the time goes (predict.py's fps
 mode). Thresholds are tensor arguments of the compiled functions: changing them does not
 retrace; the NMS kind and ``pre_nms_topk`` are Python values (one trace each).
+
+The network may also be an exported model: ``Detector.from_file`` takes a ``.keras`` file, a
+SavedModel folder, a ``.tflite`` or an ``.onnx`` file (raw-heads exports of utils/export.py);
+a non-Keras runtime (utils/runtime.py) replaces the model in ``forward`` and the decode + NMS
+stay the same compiled ``postprocess``.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -18,6 +24,7 @@ import tensorflow as tf
 
 from utils.decode import DEFAULT_PRE_NMS_TOPK, NMS_KINDS, postprocess
 from utils.letterbox import letterbox_image, unletterbox_boxes
+from utils.runtime import KerasRuntime, Runtime
 
 META_KEYS = ("class_names", "anchors", "input_shape")
 
@@ -28,7 +35,8 @@ class Detector:
     ``meta``: dict with ``class_names``, ``anchors`` (9, 2) network-input pixels,
     ``input_shape`` (H, W[, 3]) and, for information, ``backbone`` and ``alpha`` (the dict
     utils.checkpoint.load_detector returns). The keyword arguments are the defaults of
-    :meth:`detect`.
+    :meth:`detect`. ``model`` is a keras.Model (the yolo body) or a raw-heads runtime of
+    utils.runtime (an exported model).
     """
 
     def __init__(self, model, meta: dict, score_thresh: float = 0.25, iou_thresh: float = 0.45,
@@ -36,6 +44,13 @@ class Detector:
         missing = [k for k in META_KEYS if k not in meta]
         if missing:
             raise ValueError(f"detector metadata lacks {', '.join(missing)}")
+        if isinstance(model, KerasRuntime):
+            model = model.model
+        self.runtime = model if isinstance(model, Runtime) else None
+        if self.runtime is not None and self.runtime.end_to_end:
+            raise ValueError(f"{self.runtime.path} is an end-to-end export (NMS inside, thresholds fixed at export); "
+                             "the Detector runs decode + NMS itself: use the raw-heads export of the same model "
+                             "(the file without _e2e), or run this one with utils.runtime.load_any")
         self.model = model
         self.meta = dict(meta)
         self.class_names = [str(c) for c in meta["class_names"]]
@@ -46,13 +61,16 @@ class Detector:
         self.alpha = meta.get("alpha")
         if self.anchors.shape != (9, 2):
             raise ValueError(f"detector metadata holds {self.anchors.shape[0]} anchors; 9 are needed")
-        model_hw = tuple(model.inputs[0].shape[1:3])
+        if self.runtime is not None:
+            model_hw, self._head_shapes = self.runtime.input_hw, [tuple(s) for s in self.runtime.output_shapes]
+        else:
+            model_hw, self._head_shapes = tuple(model.inputs[0].shape[1:3]), [tuple(o.shape[1:]) for o in model.outputs]
         if None not in model_hw and model_hw != self.input_hw:
             raise ValueError(f"model input is {model_hw[0]}x{model_hw[1]} but the metadata says "
                              f"{self.input_hw[0]}x{self.input_hw[1]}")
-        out_ch = int(model.outputs[0].shape[-1])
-        if len(model.outputs) != 3 or out_ch != 3 * (5 + self.num_classes):
-            raise ValueError(f"model has {len(model.outputs)} outputs with {out_ch} channels; a detector for "
+        out_ch = int(self._head_shapes[0][-1])
+        if len(self._head_shapes) != 3 or out_ch != 3 * (5 + self.num_classes):
+            raise ValueError(f"model has {len(self._head_shapes)} outputs with {out_ch} channels; a detector for "
                              f"{self.num_classes} classes needs 3 outputs with {3 * (5 + self.num_classes)}")
         self.defaults = dict(score_thresh=float(score_thresh), iou_thresh=float(iou_thresh),
                              max_det=int(max_det), nms=self._check_nms(nms))
@@ -62,11 +80,19 @@ class Detector:
         self._compiled = {}  # nms kind -> (fused, post) tf.functions
 
     @classmethod
-    def from_file(cls, path, **kwargs) -> "Detector":
-        """Load a ``.keras`` detector written by train.py (utils.checkpoint.load_detector)."""
-        from utils.checkpoint import load_detector
-        model, meta = load_detector(path)
-        return cls(model, meta, **kwargs)
+    def from_file(cls, path, num_threads: int | None = None, **kwargs) -> "Detector":
+        """Load a detector by file type: a ``.keras`` file written by train.py
+        (utils.checkpoint.load_detector), or a raw-heads export of utils/export.py: a
+        SavedModel folder, ``.tflite`` or ``.onnx`` (utils.runtime.load_any; ``num_threads``
+        for LiteRT and ONNX Runtime, default all cores).
+        """
+        if os.fspath(path).lower().endswith(".keras"):
+            from utils.checkpoint import load_detector
+            model, meta = load_detector(path)
+            return cls(model, meta, **kwargs)
+        from utils.runtime import load_any
+        runtime = load_any(path, num_threads=num_threads)
+        return cls(runtime, runtime.meta, **kwargs)
 
     # ------------------------------------------------------------------ compiled parts
 
@@ -91,7 +117,7 @@ class Detector:
                 return post(self._forward_impl(images), score_thresh, iou_thresh, max_det)
 
             scalars = [tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32)]
-            head_specs = [tf.TensorSpec(o.shape, tf.float32) for o in self.model.outputs]
+            head_specs = [tf.TensorSpec((None, *shape), tf.float32) for shape in self._head_shapes]
             self._compiled[nms] = (
                 tf.function(fused, input_signature=[tf.TensorSpec((None, *self.input_hw, 3), tf.uint8), *scalars]),
                 tf.function(post, input_signature=[head_specs, *scalars]))
@@ -126,11 +152,15 @@ class Detector:
     def infer(self, batch, score_thresh=None, iou_thresh=None, max_det=None, nms=None):
         """Letterboxed uint8 batch -> padded NumPy (boxes, scores, classes, num_valid), network pixels."""
         s, i, m, kind = self._options(score_thresh, iou_thresh, max_det, nms)
-        fused, _ = self._functions(kind)
+        fused, post = self._functions(kind)
+        if self.runtime is not None:  # the network runs outside TensorFlow: two steps
+            return tuple(t.numpy() for t in post(self.forward(batch), s, i, m))
         return tuple(t.numpy() for t in fused(tf.convert_to_tensor(batch, tf.uint8), s, i, m))
 
     def forward(self, batch):
         """The model alone: letterboxed uint8 batch -> the 3 raw heads (tensors)."""
+        if self.runtime is not None:
+            return [tf.convert_to_tensor(h, tf.float32) for h in self.runtime(np.asarray(batch, np.uint8))]
         return self._forward(tf.convert_to_tensor(batch, tf.uint8))
 
     def postprocess(self, heads, score_thresh=None, iou_thresh=None, max_det=None, nms=None):

@@ -1,0 +1,80 @@
+"""Export a trained detector for deployment: SavedModel, TFLite fp32/fp16/int8, ONNX.
+
+    python export.py --weights runs/train/exp/best.keras --formats saved_model tflite-fp32 onnx
+    python export.py --weights runs/train/exp/best.keras \\
+        --formats saved_model tflite-fp32 tflite-fp16 tflite-int8 onnx --end-to-end \\
+        --calib-root ../shared/data/BCCD --calib-split train --calib-images 200 --out-dir runs/export/exp
+
+Writes each artifact and its metadata JSON (<artifact>.json) to --out-dir, then prints a
+table with sizes, conversion times and the parity measured against the Keras model.
+predict.py and eval_map.py take the raw-heads files as --weights. The work is done by
+utils/export.py (formats, variants, quantization) and utils/runtime.py (loading them back).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FORMATS = ("saved_model", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx")  # utils.export.FORMATS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Export a .keras detector (train.py's best.keras) to SavedModel, TFLite "
+                                            "(fp32, fp16, int8) and ONNX, each with a metadata JSON beside it.")
+    p.add_argument("--weights", required=True, help="detector .keras file written by train.py")
+    p.add_argument("--formats", nargs="+", choices=FORMATS, default=["saved_model", "tflite-fp32", "tflite-fp16", "onnx"],
+                   help="what to write (default: saved_model tflite-fp32 tflite-fp16 onnx; tflite-int8 needs "
+                        "--calib-root)")
+    p.add_argument("--out-dir", help="output folder (default runs/export/<weights name>)")
+    p.add_argument("--name", help="file name stem (default: the weights file's, e.g. best -> best_fp16.tflite)")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="also write <name>_e2e_* variants with decode + NMS inside (outputs boxes, scores, classes, "
+                        "num_valid) where the format can carry them (not tflite-int8; TFLite needs --nms diou)")
+    p.add_argument("--nms", choices=("iou", "diou"), default="diou",
+                   help="NMS of the end-to-end variants (default diou: the only kind TFLite builtins can run)")
+    p.add_argument("--conf", type=float, default=0.25, help="end-to-end score threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="end-to-end NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=int, default=100, help="end-to-end detections per image (default 100)")
+    p.add_argument("--calib-root", help="VOC root whose images calibrate int8 (and check parity)")
+    p.add_argument("--calib-split", default="train", help="split of --calib-root (default train)")
+    p.add_argument("--calib-images", type=int, default=200, help="calibration images, a seeded choice (default 200)")
+    p.add_argument("--calib-seed", type=int, default=0, help="seed of that choice (default 0)")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.conf <= 1.0:
+        parser.error(f"--conf must be in [0, 1], got {args.conf:g}")
+    if not 0.0 < args.iou <= 1.0:
+        parser.error(f"--iou must be in (0, 1], got {args.iou:g}")
+    if args.max_det < 1 or args.calib_images < 1:
+        parser.error("--max-det and --calib-images must be >= 1")
+    if "tflite-int8" in args.formats and not args.calib_root:
+        parser.error("tflite-int8 needs --calib-root (a VOC root of images like the ones the model will see)")
+
+    from utils.export import ExportError, export_detector, format_results
+
+    out_dir = args.out_dir or os.path.join("runs", "export", os.path.splitext(os.path.basename(args.weights))[0])
+    try:
+        results = export_detector(args.weights, out_dir, args.formats, end_to_end=args.end_to_end,
+                                  calib_root=args.calib_root, calib_split=args.calib_split,
+                                  calib_images=args.calib_images, calib_seed=args.calib_seed, stem=args.name,
+                                  nms=args.nms, score_thresh=args.conf, iou_thresh=args.iou, max_det=args.max_det)
+    except (FileNotFoundError, ValueError, ExportError) as exc:
+        print(f"export.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_results(results))
+    for r in results:
+        if r.note:
+            print(f"note: {r.format} {r.variant}: {r.note}")
+    print(f"exports and their metadata (<file>.json) written to {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

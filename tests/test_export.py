@@ -1,0 +1,313 @@
+"""utils/export.py, utils/runtime.py, export.py: every format exports, reloads and agrees with Keras.
+
+One yolo_body (mobilenetv2 alpha 0.5, 128x128, BN statistics from the demo images so its
+outputs are O(1)) is exported once per module as SavedModel, TFLite fp32 and int8, and ONNX;
+fp16 and the end-to-end variants use a few-layer stand-in body (same input and outputs)
+because each conversion of yolo_body takes 10-20 s on the CI machine, and neither the float16
+storage nor the post-processing graph depends on the body. Tolerances: float32 formats 1e-4
+(max abs diff of the raw logits, |logits| ~ 1); fp16 (weights stored as float16, ~3
+significant digits) 1e-2 x max |logit|; int8 only correlates (256 levels per tensor).
+"""
+import json
+import os
+import pathlib
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import export as export_cli
+from utils.checkpoint import save_detector
+from utils.decode import postprocess
+from utils.export import (FORMATS, ExportError, artifact_name, calibration_dataset, export_model,
+                          format_results, set_batchnorm_stats)
+from utils.predictor import Detector
+from utils.runtime import RuntimeLoadError, load_any, meta_path
+from utils.targets import load_anchors
+from utils.voc import read_class_names
+
+DEMO = pathlib.Path(__file__).resolve().parents[1] / "VOCdevkit" / "demo"
+HW = (128, 128)
+ANCHORS = load_anchors()
+
+
+def tiny_body(num_classes, seed=0):
+    """A few-layer stand-in for yolo_body with the same input and outputs (stride 32, 16, 8)."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((*HW, 3), name="image")
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inp)
+    outs = []
+    for i, stride in enumerate((8, 16, 32)):
+        x = layers.Conv2D(8, 3, strides=8 if i == 0 else 2, padding="same", activation="relu", name=f"down{stride}")(x)
+        outs.append(layers.Conv2D(3 * (5 + num_classes), 1, name=f"head{stride}")(x))
+    return keras.Model(inp, outs[::-1], name="tiny_body")
+
+
+@pytest.fixture(scope="module")
+def classes():
+    return read_class_names(DEMO / "demo_classes.txt")
+
+
+@pytest.fixture(scope="module")
+def calib(classes):
+    return calibration_dataset(DEMO, "train", 6, HW, classes)
+
+
+@pytest.fixture(scope="module")
+def images(calib):
+    return np.concatenate([calib[i][0] for i in range(len(calib))]).astype(np.uint8)
+
+
+def _meta(classes, backbone="mobilenetv2", alpha=0.5):
+    return {"class_names": classes, "anchors": ANCHORS.tolist(), "input_shape": list(HW), "backbone": backbone,
+            "alpha": alpha}
+
+
+@pytest.fixture(scope="module")
+def yolo(tmp_path_factory, classes, calib, images):
+    from nets.yolo import yolo_body
+
+    keras.utils.set_random_seed(0)
+    body = set_batchnorm_stats(yolo_body(HW, len(classes), backbone="mobilenetv2", alpha=0.5), images)
+    out = tmp_path_factory.mktemp("yolo_export")
+    results = export_model(body, _meta(classes), out, ["saved_model", "tflite-fp32", "tflite-int8", "onnx"], stem="m",
+                           calibration=calib, log=lambda *a: None)
+    return body, {r.format: r for r in results}
+
+
+@pytest.fixture(scope="module")
+def runtimes(yolo):
+    """Each yolo export loaded once (loading a SavedModel takes seconds)."""
+    return {fmt: load_any(r.path) for fmt, r in yolo[1].items()}
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, classes, calib):
+    body = tiny_body(len(classes))
+    out = tmp_path_factory.mktemp("e2e_export")
+    results = export_model(body, _meta(classes, "tiny", 1.0), out, ["saved_model", "tflite-fp32", "tflite-fp16", "onnx"],
+                           stem="t",
+                           end_to_end=True, calibration=calib, nms="diou", score_thresh=0.2, max_det=30,
+                           log=lambda *a: None)
+    return body, {(r.format, r.variant): r for r in results}
+
+
+@pytest.fixture(scope="module")
+def noise():
+    """Noise images: no flat letterbox padding, so no tied scores whose order implementations may swap."""
+    return np.random.default_rng(7).integers(0, 256, (3, *HW, 3)).astype(np.uint8)
+
+
+def _heads(model, images):
+    return [np.asarray(h) for h in model(images.astype(np.float32), training=False)]
+
+
+# ----------------------------------------------------------------------------- raw heads
+
+@pytest.mark.parametrize("fmt", ["saved_model", "tflite-fp32", "onnx"])
+def test_float32_exports_give_the_keras_heads(yolo, runtimes, images, fmt):
+    body, results = yolo
+    rt = runtimes[fmt]
+    want = _heads(body, images)
+    got = rt(images)
+    assert [g.shape for g in got] == [w.shape for w in want] == [(6, 4, 4, 27), (6, 8, 8, 27), (6, 16, 16, 27)]
+    assert max(np.abs(w).max() for w in want) > 0.5  # O(1) logits: the comparison means something
+    assert max(np.abs(g - w).max() for g, w in zip(got, want)) < 1e-4
+    assert rt.input_dtype == np.float32 and results[fmt].check["max_abs_diff"] < 1e-4
+
+
+def test_fp16_stores_float16_weights_and_is_within_half_precision(e2e, images):
+    body, results = e2e
+    rt = load_any(results[("tflite-fp16", "raw")].path)
+    assert any(d["dtype"] == np.float16 for d in rt.interpreter.get_tensor_details())
+    assert rt.input_dtype == np.float32
+    want, got = _heads(body, images), rt(images)
+    scale = max(np.abs(w).max() for w in want)
+    diff = max(np.abs(g - w).max() for g, w in zip(got, want))
+    assert scale > 0.2 and 0 < diff < 1e-2 * scale  # not bit-identical (float16 weights), but close
+    assert results[("tflite-fp16", "raw")].bytes < results[("tflite-fp32", "raw")].bytes
+
+
+def test_int8_takes_uint8_and_its_detections_follow_the_float_model(yolo, images, classes):
+    body, results = yolo
+    path = results["tflite-int8"].path
+    meta = json.loads(pathlib.Path(meta_path(path)).read_text())
+    assert meta["input"]["dtype"] == "uint8"
+    scale, zero = meta["input"]["quantization"]
+    assert abs(scale - 1.0) < 1e-3 and zero == 0  # [0, 255] pixels are the uint8 values themselves
+    assert all(o["dtype"] == "int8" and len(o["quantization"]) == 2 for o in meta["outputs"])
+    assert results["tflite-int8"].bytes < 0.35 * results["tflite-fp32"].bytes
+    want, got = _heads(body, images), load_any(path)(images)
+    for g, w in zip(got, want):
+        assert g.dtype == np.float32 and np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.95
+    # detections: the int8 file's best boxes are (mostly) the float model's best boxes
+    det_f = Detector(body, _meta(classes), score_thresh=0.0, max_det=10)
+    det_q = Detector.from_file(path, score_thresh=0.0, max_det=10)
+    from utils.boxes import box_iou
+    pf, pq = det_f.infer(images), det_q.infer(images)
+    overlap = [box_iou(pf[0][k], pq[0][k]).max(axis=1) for k in range(len(images))]
+    assert np.mean(np.concatenate(overlap) > 0.5) > 0.6
+
+
+def test_detector_from_file_runs_every_raw_export_like_keras(yolo, runtimes, classes, images):
+    body, results = yolo
+    keras_det = Detector(body, _meta(classes), score_thresh=0.05, max_det=20)
+    want = keras_det.infer(images)
+    for fmt in ("saved_model", "tflite-fp32", "onnx"):
+        if fmt == "saved_model":  # already loaded: the Detector takes a runtime as its model
+            det = Detector(runtimes[fmt], runtimes[fmt].meta, score_thresh=0.05, max_det=20)
+        else:
+            det = Detector.from_file(results[fmt].path, score_thresh=0.05, max_det=20)
+        assert det.class_names == classes and det.input_hw == HW and det.backbone == "mobilenetv2"
+        got = det.infer(images)
+        np.testing.assert_array_equal(got[3], want[3])
+        np.testing.assert_allclose(got[0], want[0], atol=1e-2)
+        np.testing.assert_array_equal(got[2], want[2])
+        heads = det.forward(images)  # the timed path of predict.py's fps mode
+        assert [tuple(h.shape) for h in heads] == [(6, 4, 4, 27), (6, 8, 8, 27), (6, 16, 16, 27)]
+
+
+def test_metadata_describes_the_artifact(yolo, classes):
+    _, results = yolo
+    for fmt, r in results.items():
+        meta = json.loads(pathlib.Path(meta_path(r.path)).read_text())
+        assert meta["class_names"] == classes and meta["input_shape"] == list(HW)
+        np.testing.assert_allclose(meta["anchors"], ANCHORS)
+        assert meta["preprocessing"]["pad_value"] == 128 and meta["preprocessing"]["color"] == "RGB"
+        assert meta["variant"] == "raw" and meta["postprocess"] is None
+        assert [o["stride"] for o in meta["outputs"]] == [32, 16, 8]
+        assert [o["shape"][1:] for o in meta["outputs"]] == [[4, 4, 27], [8, 8, 27], [16, 16, 27]]
+        assert meta["format"] == {"saved_model": "saved_model", "onnx": "onnx"}.get(fmt, "tflite")
+        assert meta["bytes"] == r.bytes and len(meta["sha256"]) == 64
+    assert json.loads(pathlib.Path(meta_path(results["onnx"].path)).read_text())["exporter"]["onnx_opset"] >= 13
+    table = format_results(list(results.values()))
+    assert "tflite-int8" in table and "max |diff|" in table and "(|ref|" in table
+
+
+# ----------------------------------------------------------------------------- end to end
+
+@pytest.mark.parametrize("fmt", ["saved_model", "tflite-fp32", "onnx"])
+def test_end_to_end_exports_match_python_postprocessing(e2e, noise, fmt):
+    images = noise
+    body, results = e2e
+    r = results[(fmt, "end_to_end")]
+    assert os.path.basename(r.path) == artifact_name("t", fmt, "end_to_end")
+    got = load_any(r.path)(images)
+    want = [t.numpy() for t in postprocess(body(images.astype(np.float32)), ANCHORS, HW, 4, 0.2, 0.45, 30,
+                                           nms="diou")]
+    np.testing.assert_array_equal(got["num_valid"], want[3])
+    assert want[3].min() > 0
+    for k, n in enumerate(want[3]):
+        np.testing.assert_allclose(got["boxes"][k, :n], want[0][k, :n], atol=1e-3)
+        np.testing.assert_allclose(got["scores"][k, :n], want[1][k, :n], atol=1e-5)
+        np.testing.assert_array_equal(got["classes"][k, :n], want[2][k, :n])
+    meta = json.loads(pathlib.Path(meta_path(r.path)).read_text())
+    assert meta["variant"] == "end_to_end" and meta["postprocess"]["nms"] == "diou"
+    assert [o["name"] for o in meta["outputs"]] == ["boxes", "scores", "classes", "num_valid"]
+    with pytest.raises(ValueError, match="end-to-end export .* use the raw-heads export"):
+        Detector.from_file(r.path)
+
+
+def test_iou_nms_end_to_end_in_onnx_but_not_in_tflite(tmp_path, classes, noise):
+    images = noise
+    body = tiny_body(len(classes))
+    results = export_model(body, _meta(classes, "tiny", 1.0), tmp_path, ["tflite-fp32", "onnx"], stem="t",
+                           end_to_end=True, nms="iou", score_thresh=0.2, max_det=30, log=lambda *a: None)
+    by = {(r.format, r.variant): r for r in results}
+    skipped = by[("tflite-fp32", "end_to_end")]
+    assert skipped.path == "" and "Flex" in skipped.note
+    assert not (tmp_path / "t_e2e_fp32.tflite").exists()
+    raw_meta = json.loads((tmp_path / "t_fp32.tflite.json").read_text())
+    assert "Flex" in raw_meta["end_to_end_note"]  # the raw file says why it has no end-to-end twin
+    got = load_any(by[("onnx", "end_to_end")].path)(images)
+    want = [t.numpy() for t in postprocess(body(images.astype(np.float32)), ANCHORS, HW, 4, 0.2, 0.45, 30)]
+    np.testing.assert_array_equal(got["num_valid"], want[3])
+    assert want[3].min() > 0
+    for k, n in enumerate(want[3]):
+        np.testing.assert_allclose(got["boxes"][k, :n], want[0][k, :n], atol=1e-3)
+        np.testing.assert_array_equal(got["classes"][k, :n], want[2][k, :n])
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_corrupt_or_mismatched_files_name_the_file(e2e, tmp_path, classes):
+    _, results = e2e
+    src = results[("tflite-fp32", "raw")].path
+    bad = tmp_path / "cut.tflite"
+    data = pathlib.Path(src).read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    shutil.copy(meta_path(src), meta_path(bad))
+    with pytest.raises(RuntimeLoadError, match=f"{bad}: .* bytes but {len(data)} were written at export"):
+        load_any(bad)
+    meta = json.loads(pathlib.Path(meta_path(bad)).read_text())
+    del meta["sha256"], meta["bytes"]
+    pathlib.Path(meta_path(bad)).write_text(json.dumps(meta))
+    with pytest.raises(RuntimeLoadError, match=f"{bad}: not a readable TFLite model"):
+        load_any(bad)
+
+    # an .onnx of another model (2 classes) beside the metadata of the 4-class one
+    other = export_model(tiny_body(2), _meta(["a", "b"], "tiny", 1.0), tmp_path / "other", ["onnx"], stem="o",
+                         log=lambda *a: None)[0].path
+    swapped = tmp_path / "swapped.onnx"
+    shutil.copy(other, swapped)
+    shutil.copy(meta_path(results[("onnx", "raw")].path), meta_path(swapped))
+    with pytest.raises(RuntimeLoadError, match=f"{swapped}: .* or an export of another model"):
+        load_any(swapped)
+    meta = json.loads(pathlib.Path(meta_path(swapped)).read_text())
+    del meta["sha256"], meta["bytes"]
+    pathlib.Path(meta_path(swapped)).write_text(json.dumps(meta))
+    with pytest.raises(RuntimeLoadError, match=f"{swapped}: outputs have 21 channels .* 4 classes"):
+        Detector.from_file(swapped)
+
+    os.remove(meta_path(swapped))
+    with pytest.raises(RuntimeLoadError, match=f"{swapped}: its metadata file .*swapped.onnx.json is missing"):
+        load_any(swapped)
+    with pytest.raises(FileNotFoundError, match="nowhere.tflite"):
+        Detector.from_file(tmp_path / "nowhere.tflite")
+    (tmp_path / "model.pt").write_bytes(b"x")
+    with pytest.raises(RuntimeLoadError, match="unsupported model file"):
+        load_any(tmp_path / "model.pt")
+
+
+def test_export_arguments_are_checked(classes):
+    body = tiny_body(len(classes))
+    with pytest.raises(ExportError, match="unknown export format.*tflite-int4"):
+        export_model(body, _meta(classes), "unused", ["tflite-int4"])
+    with pytest.raises(ExportError, match="tflite-int8 needs calibration images"):
+        export_model(body, _meta(classes), "unused", ["tflite-int8"])
+    with pytest.raises(ExportError, match="unknown NMS kind 'soft'"):
+        export_model(body, _meta(classes), "unused", ["onnx"], nms="soft")
+    with pytest.raises(ExportError, match="calibration root not found"):
+        calibration_dataset("/no/such/root", "train", 4, HW, classes)
+
+
+def test_calibration_images_are_letterboxed_training_images(calib, classes):
+    from utils.letterbox import letterbox_image
+    from utils.voc import read_image
+
+    assert len(calib) == 6
+    image = read_image(calib.records[0].image_path)
+    want, _ = letterbox_image(image, HW)
+    np.testing.assert_array_equal(calib[0][0][0], want)
+    train_ids = (DEMO / "ImageSets" / "Main" / "train.txt").read_text().split()
+    assert len(calibration_dataset(DEMO, "train", 10**6, HW, classes)) == len(train_ids)  # all of them
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_exports_a_saved_detector(tmp_path, classes, capsys):
+    weights = save_detector(tiny_body(len(classes)), tmp_path / "tiny.keras", _meta(classes, "tiny", 1.0))
+    out = tmp_path / "exp"
+    assert export_cli.main(["--weights", weights, "--formats", "onnx", "--out-dir", str(out)]) == 0
+    assert (out / "tiny.onnx").is_file() and (out / "tiny.onnx.json").is_file()
+    assert "max |diff|" in capsys.readouterr().out
+    meta = json.loads((out / "tiny.onnx.json").read_text())
+    assert meta["source"]["weights"] == weights and meta["check"]["max_abs_diff"] < 1e-4
+    assert export_cli.main(["--weights", str(tmp_path / "none.keras"), "--formats", "onnx"]) == 2
+    assert "export.py: error: model file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_cli.main(["--weights", weights, "--formats", "tflite-int8"])
+    assert "needs --calib-root" in capsys.readouterr().err
+    assert tuple(export_cli.FORMATS) == FORMATS

@@ -1,0 +1,513 @@
+"""Export a ``.keras`` detector for deployment: SavedModel, TFLite (fp32, fp16, int8), ONNX.
+
+    export_detector("runs/train/exp/best.keras", "runs/export/exp",
+                    ["saved_model", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx"],
+                    end_to_end=True, calib_root="../shared/data/BCCD", calib_split="train")
+
+Each artifact gets a metadata JSON beside it (``<artifact>.json``, see utils/runtime.py,
+which loads every format back): class names, anchors, input size and pre-processing
+(letterbox with grey 128, RGB, [0, 255]), input dtype and quantization, output names,
+layout and order, variant, NMS settings, size and sha256, and the parity measured right
+after export against the Keras model on the same images.
+
+Variants:
+  raw         the yolo body: 3 heads, stride 32, 16, 8, (B, H/s, W/s, 3*(5+C)) logits;
+              decode + NMS run outside (utils/decode.postprocess, the Detector).
+  end_to_end  body + utils.decode.YoloPostprocess in the graph: outputs ``boxes`` (B, max_det,
+              4) xyxy network-input pixels, ``scores`` (B, max_det), ``classes`` int32,
+              ``num_valid`` int32 (B,). Thresholds and NMS kind are fixed at export.
+
+What each format carries (TF 2.21, tf2onnx 1.17, LiteRT 2.x; checked by tests/test_export.py):
+  SavedModel   everything (both NMS kinds).
+  ONNX         both NMS kinds: tf2onnx maps CombinedNonMaxSuppression to ONNX
+               NonMaxSuppression, and the DIoU while_loop to an ONNX Loop.
+  TFLite fp32/fp16   DIoU-NMS only: its while_loop converts to builtin ops (WHILE, GATHER,
+               SELECT_V2, ...). IoU-NMS is tf.image.combined_non_max_suppression, which is no
+               TFLite builtin; it needs SELECT_TF_OPS (the Flex delegate), which the Python
+               LiteRT runtimes (ai_edge_litert, tf.lite.Interpreter of TF 2.21) do not link, so
+               such a file would not run here: that variant is not written.
+  TFLite int8  raw heads only: the post-training quantizer fails on the DIoU loop (it tries
+               to quantize the loop body: 'tfl.unpack op requires the same element type'),
+               and quantized box/score arithmetic would change the detections anyway.
+When an end-to-end variant cannot be written, the raw one is, and its metadata and the
+summary say why. End-to-end exports default to DIoU-NMS so that every format carries it.
+
+Quantization: fp16 = weights stored as float16 (float32 input and compute); int8 =
+full-integer post-training quantization calibrated on letterboxed training images (the
+project's ValDataset pre-processing), with **uint8 input** (the model takes [0, 255] pixels,
+so the converter's input scale comes out as ~1.0 and zero point 0: the letterboxed uint8
+canvas is fed as it is) and **int8 outputs** (the runtime dequantizes them with the scale and
+zero point recorded in the file and in the metadata).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from utils.checkpoint import atomic_path, load_detector
+from utils.runtime import E2E_OUTPUTS, file_digest, load_any, meta_path
+from utils.targets import ANCHOR_MASKS, STRIDES
+
+FORMATS = ("saved_model", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx")
+DEFAULT_FORMATS = ("saved_model", "tflite-fp32", "tflite-fp16", "onnx")
+E2E_NMS_DEFAULT = "diou"
+CHECK_IMAGES = 4
+RAW_LAYOUT = ("(B, H/s, W/s, A*(5+C)) float32 logits; reshape to (B, H/s, W/s, A, 5+C) = "
+              "[tx, ty, tw, th, t_obj, t_cls...]; cx = (2*sigmoid(tx) - 0.5 + gx)/gw, "
+              "cy = (2*sigmoid(ty) - 0.5 + gy)/gh, w = (2*sigmoid(tw))^2 * anchor_w/W, "
+              "h = (2*sigmoid(th))^2 * anchor_h/H, confidence = sigmoid(t_obj) * sigmoid(t_cls) "
+              "(utils/decode.py)")
+
+
+class ExportError(ValueError):
+    """An export that cannot be made: bad arguments, missing calibration data, a converter failure."""
+
+
+@dataclasses.dataclass
+class ExportResult:
+    format: str            # one of FORMATS
+    variant: str           # "raw" or "end_to_end"
+    path: str              # the artifact (file or SavedModel folder)
+    bytes: int
+    seconds: float         # conversion time
+    check: dict            # parity against the Keras model (see _parity)
+    note: str = ""         # why a requested variant was not written, etc.
+
+    @property
+    def meta_path(self) -> str:
+        return meta_path(self.path)
+
+
+# ----------------------------------------------------------------------------- names
+
+def artifact_name(stem: str, fmt: str, variant: str = "raw") -> str:
+    """File (or folder) name of one export: best_saved_model, best_fp16.tflite, best_e2e.onnx, ..."""
+    e2e = "_e2e" if variant == "end_to_end" else ""
+    if fmt == "saved_model":
+        return f"{stem}{e2e}_saved_model"
+    if fmt.startswith("tflite-"):
+        return f"{stem}{e2e}_{fmt.split('-', 1)[1]}.tflite"
+    if fmt == "onnx":
+        return f"{stem}{e2e}.onnx"
+    raise ExportError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+
+
+def _e2e_unsupported(fmt: str, nms: str) -> str:
+    """Why ``fmt`` cannot carry the end-to-end graph with ``nms`` ('' when it can)."""
+    if fmt == "tflite-int8":
+        return ("int8 TFLite is exported with raw heads only: the post-training quantizer fails on the "
+                "DIoU-NMS while_loop (it quantizes the loop body) and quantized decode/NMS arithmetic would change "
+                "the detections; run decode + NMS outside (utils/decode.postprocess, the Detector)")
+    if fmt.startswith("tflite") and nms == "iou":
+        return ("IoU-NMS (tf.image.combined_non_max_suppression) is no TFLite builtin and needs the Flex delegate "
+                "(SELECT_TF_OPS), which the Python LiteRT runtimes do not link; export with --nms diou for an "
+                "end-to-end TFLite model")
+    return ""
+
+
+# ----------------------------------------------------------------------------- calibration
+
+def calibration_dataset(root, split, count: int, input_hw, class_names, seed: int = 0):
+    """Letterboxed calibration images: a utils.dataset.ValDataset (batch 1) over ``count`` records.
+
+    The records are a seeded random choice from one split of a VOC root (utils.voc.load_voc);
+    the images go through the project's validation pre-processing (letterbox, grey 128).
+    """
+    from utils.dataset import ValDataset
+    from utils.voc import load_voc
+
+    if not os.path.isdir(root):
+        raise ExportError(f"calibration root not found: {root}")
+    records = load_voc(root, split, class_names, check_images=False, log=lambda *a, **k: None)
+    count = int(count)
+    if count < 1:
+        raise ExportError(f"--calib-images must be >= 1, got {count}")
+    order = np.random.default_rng(seed).permutation(len(records))[:count]
+    return ValDataset([records[i] for i in sorted(order)], input_hw=input_hw, batch_size=1)
+
+
+def _image_batches(images):
+    """Yield (1, H, W, 3) float32 batches from a ValDataset-like sequence or an (N, H, W, 3) array."""
+    if isinstance(images, np.ndarray):
+        for im in images:
+            yield im[None].astype(np.float32)
+        return
+    for i in range(len(images)):
+        batch = images[i]
+        batch = batch[0] if isinstance(batch, tuple) else batch
+        for im in np.asarray(batch):
+            yield im[None].astype(np.float32)
+
+
+def _pin_input_range(batches):
+    """Set two pixels of the first calibration image to 0 and 255.
+
+    The converter takes the uint8 input's scale from the calibration minimum and maximum;
+    pinning them to [0, 255] makes it scale 1, zero point 0, so the letterboxed uint8 canvas
+    is fed unchanged (images whose brightest pixel is 253 would otherwise give 253/255).
+    """
+    for i, batch in enumerate(batches):
+        if i == 0:
+            batch = batch.copy()
+            batch[0, 0, 0, :], batch[0, 0, 1, :] = 0.0, 255.0
+        yield batch
+
+
+def _check_batch(calibration, input_hw, count=CHECK_IMAGES):
+    """The images parity is measured on: the first calibration images, else seeded noise."""
+    if calibration is not None:
+        ims = []
+        for b in _image_batches(calibration):
+            ims.append(b[0])
+            if len(ims) == count:
+                break
+        if ims:
+            return np.stack(ims)
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (2, *input_hw, 3)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- writers
+
+def _write_saved_model(model, path):
+    """``model.export(format="tf_saved_model")`` into a fresh folder, swapped in when complete."""
+    path = os.fspath(path).rstrip("/\\")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    try:
+        model.export(os.path.join(tmp, "m"), format="tf_saved_model", verbose=False)
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
+            os.replace(path, os.path.join(old, "m"))
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(os.path.join(tmp, "m"), path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _tflite_bytes(saved_model_dir, precision: str, calibration=None) -> bytes:
+    """Convert the SavedModel's serving signature to TFLite at ``precision`` (fp32, fp16, int8).
+
+    Converted from the one SavedModel rather than with ``model.export(format="litert")``,
+    which writes and reloads a fresh SavedModel on every call (~10-20 s each for yolo_body).
+    """
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision == "fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        if calibration is None:
+            raise ExportError("tflite-int8 needs calibration images (--calib-root)")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([b] for b in _pin_input_range(_image_batches(calibration)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+        conv.inference_output_type = tf.int8
+    elif precision != "fp32":
+        raise ExportError(f"unknown TFLite precision {precision!r}")
+    try:
+        return conv.convert()
+    except Exception as exc:  # noqa: BLE001 - the converter raises ConverterError/RuntimeError
+        raise ExportError(f"TFLite {precision} conversion of {saved_model_dir} failed: {type(exc).__name__}: "
+                          f"{str(exc).strip()[-800:]}") from None
+
+
+def _write_onnx(model, path):
+    """``model.export(format="onnx")`` (tf2onnx under Keras) to ``path``, atomically."""
+    try:
+        import onnx  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs tf2onnx and onnx (pip install tf2onnx onnx): {exc}") from None
+    with atomic_path(path, suffix=".onnx") as tmp:
+        try:
+            model.export(tmp, format="onnx", verbose=False)
+        except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
+            raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {str(exc).strip()[-800:]}") from None
+    return path
+
+
+def _onnx_info(path) -> dict:
+    import onnx
+    import tf2onnx
+
+    m = onnx.load(path, load_external_data=False)
+    return {"tf2onnx": tf2onnx.__version__, "onnx_opset": int(next(o.version for o in m.opset_import
+                                                                     if o.domain in ("", "ai.onnx")))}
+
+
+# ----------------------------------------------------------------------------- metadata
+
+def _base_meta(meta: dict, model) -> dict:
+    import keras
+    import tensorflow as tf
+
+    hw = [int(v) for v in meta["input_shape"][:2]]
+    class_names = [str(c) for c in meta["class_names"]]
+    aps = int(meta.get("anchors_per_scale", 3))
+    return {
+        "class_names": class_names, "num_classes": len(class_names),
+        "anchors": np.asarray(meta["anchors"], float).reshape(-1, 2).tolist(),
+        "anchor_masks": ANCHOR_MASKS, "strides": STRIDES, "anchors_per_scale": aps,
+        "input_shape": hw, "backbone": meta.get("backbone"), "alpha": meta.get("alpha"),
+        "model_name": model.name,
+        "preprocessing": {"resize": "letterbox (aspect kept, centred, utils/letterbox.py)", "pad_value": 128,
+                          "color": "RGB", "range": [0, 255], "layout": "NHWC",
+                          "normalisation": "inside the model (each backbone's Rescaling layer); do not divide by 255",
+                          "postprocess_boxes": "unletterbox: x_src = (x_net - dx) * w / nw, y likewise"},
+        "exporter": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+
+
+def _io_meta(rt, variant: str, postprocess: dict | None) -> dict:
+    """Input and output description read back from the written artifact through its runtime."""
+    hw = rt.input_hw
+    inp = {"name": getattr(rt, "_input_name", "image"), "shape": [None, hw[0], hw[1], 3],
+           "dtype": np.dtype(rt.input_dtype).name}
+    if np.dtype(rt.input_dtype) == np.uint8:
+        inp["quantization"] = list(rt.meta.get("input", {}).get("quantization", [1.0, 0]))
+        inp["note"] = "feed the letterboxed uint8 canvas (quantized = round(x / scale) + zero_point)"
+    if variant == "raw":
+        names = getattr(rt, "_names", None) or ["output_0", "output_1", "output_2"]
+        outs = []
+        for name, (gh, gw, ch), stride, mask in zip(names, rt.output_shapes, STRIDES, ANCHOR_MASKS):
+            o = {"name": name, "stride": stride, "shape": [None, gh, gw, ch], "anchor_indices": mask}
+            q = getattr(rt, "_quant", {}).get(name)
+            if q and q[0]:
+                o["dtype"], o["quantization"] = "int8", [float(q[0]), int(q[1])]
+                o["note"] = "dequantize: (q - zero_point) * scale"
+            else:
+                o["dtype"] = "float32"
+            outs.append(o)
+        return {"input": inp, "outputs": outs, "output_order": "stride 32, 16, 8 (coarsest grid first)",
+                "output_layout": RAW_LAYOUT, "postprocess": None}
+    m = postprocess["max_det"]
+    outs = [{"name": "boxes", "shape": [None, m, 4], "dtype": "float32",
+             "meaning": "xyxy in network-input pixels (unletterbox to the source image)"},
+            {"name": "scores", "shape": [None, m], "dtype": "float32", "meaning": "objectness * class probability"},
+            {"name": "classes", "shape": [None, m], "dtype": "int32", "meaning": "class index into class_names"},
+            {"name": "num_valid", "shape": [None], "dtype": "int32",
+             "meaning": "detections per image; rows past it are zero padding"}]
+    return {"input": inp, "outputs": outs, "output_order": ", ".join(E2E_OUTPUTS),
+            "output_layout": "padded detections, best first", "postprocess": postprocess}
+
+
+def _write_json(path, data):
+    with atomic_path(path, suffix=".json") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+
+
+# ----------------------------------------------------------------------------- parity
+
+def _parity(rt, reference, images, variant) -> dict:
+    """The artifact's outputs against the Keras model's on the same images."""
+    got = rt(images)
+    if variant == "raw":
+        diffs = [float(np.max(np.abs(g - r))) for g, r in zip(got, reference)]
+        scale = max(float(np.max(np.abs(r))) for r in reference)
+        return {"images": int(len(images)), "max_abs_diff": max(diffs), "max_abs_ref": scale,
+                "per_output": diffs}
+    from utils.boxes import box_iou
+
+    n_got, n_ref = np.asarray(got["num_valid"]), np.asarray(reference["num_valid"])
+    box_diff, matched, total = 0.0, 0, 0
+    for k in range(len(images)):
+        n, nr, ng = min(int(n_got[k]), int(n_ref[k])), int(n_ref[k]), int(n_got[k])
+        if n:  # in rank order; near-equal scores may swap ranks, hence also the matching below
+            box_diff = max(box_diff, float(np.max(np.abs(got["boxes"][k, :n] - reference["boxes"][k, :n]))))
+        if nr and ng:
+            iou = box_iou(reference["boxes"][k, :nr], got["boxes"][k, :ng])
+            iou = np.where(reference["classes"][k, :nr, None] == got["classes"][k, None, :ng], iou, 0.0)
+            matched += int(np.sum(iou.max(axis=1) >= 0.9))
+        total += nr
+    return {"images": int(len(images)), "same_num_valid": bool(np.array_equal(n_got, n_ref)),
+            "num_valid": n_got.tolist(), "max_box_diff_px": box_diff,
+            "matched": matched / total if total else 1.0}
+
+
+def _reference(model, images):
+    out = model(images, training=False)
+    if isinstance(out, dict):
+        return {k: np.asarray(v) for k, v in out.items()}
+    return [np.asarray(o, np.float32) for o in out]
+
+
+# ----------------------------------------------------------------------------- main entry points
+
+def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str = "model", end_to_end=False,
+                 calibration=None, nms: str = E2E_NMS_DEFAULT, score_thresh: float = 0.25,
+                 iou_thresh: float = 0.45, max_det: int = 100, pre_nms_topk: int | None = None,
+                 source: dict | None = None, log=print) -> list[ExportResult]:
+    """Export a yolo body (keras.Model, raw heads) in ``formats`` into ``out_dir``.
+
+    ``meta``: class_names, anchors, input_shape (+ backbone, alpha), as load_detector gives.
+    ``end_to_end``: also write body + YoloPostprocess (``nms``, thresholds, ``max_det``) per
+    format where the format can carry it (module docstring). ``calibration``: letterboxed
+    images for int8 (a ValDataset from :func:`calibration_dataset` or an (N, H, W, 3) array);
+    its first images also serve the parity check. Returns one ExportResult per artifact.
+    """
+    from utils.decode import DEFAULT_PRE_NMS_TOPK, NMS_KINDS, end_to_end_model
+
+    formats = list(dict.fromkeys(formats))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ExportError(f"unknown export format(s) {', '.join(bad) or '(none given)'}; valid: {', '.join(FORMATS)}")
+    if isinstance(model.output, dict) or len(model.outputs) != 3:
+        raise ExportError("export takes the yolo body (3 raw heads); the end-to-end graph is added with end_to_end=True")
+    nms = str(nms).lower()
+    if nms not in NMS_KINDS:
+        raise ExportError(f"unknown NMS kind {nms!r}; valid: {', '.join(NMS_KINDS)}")
+    if "tflite-int8" in formats and calibration is None:
+        raise ExportError("tflite-int8 needs calibration images: pass --calib-root (a VOC root) and --calib-split")
+    os.makedirs(out_dir, exist_ok=True)
+    base = _base_meta(meta, model)
+    hw = tuple(base["input_shape"])
+    model_hw = tuple(int(v) for v in model.inputs[0].shape[1:3])
+    if model_hw != hw:
+        raise ExportError(f"model input is {model_hw[0]}x{model_hw[1]} but the metadata says {hw[0]}x{hw[1]}")
+    images = _check_batch(calibration, hw)
+    post = {"nms": nms, "score_thresh": float(score_thresh), "iou_thresh": float(iou_thresh),
+            "max_det": int(max_det),
+            "pre_nms_topk": int(DEFAULT_PRE_NMS_TOPK if pre_nms_topk is None else pre_nms_topk)}
+
+    variants = {"raw": model}
+    if end_to_end:
+        variants["end_to_end"] = end_to_end_model(model, base["anchors"], base["num_classes"], **post)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="yolo_export_") as scratch:
+        for variant, net in variants.items():
+            todo = []
+            for fmt in formats:
+                why = _e2e_unsupported(fmt, nms) if variant == "end_to_end" else ""
+                if why:
+                    log(f"{fmt}: no end-to-end variant: {why}")
+                    results.append(ExportResult(fmt, variant, "", 0, 0.0, {}, why))
+                else:
+                    todo.append(fmt)
+            reference = _reference(net, images)
+            saved_model, sm_seconds = None, 0.0
+            if any(f == "saved_model" or f.startswith("tflite") for f in todo):
+                # one SavedModel per variant: the deliverable and the TFLite converter's input
+                target = (os.path.join(out_dir, artifact_name(stem, "saved_model", variant)) if "saved_model" in todo
+                          else os.path.join(scratch, f"{variant}_saved_model"))
+                t0 = time.perf_counter()
+                saved_model = _write_saved_model(net, target)
+                sm_seconds = time.perf_counter() - t0
+            for fmt in todo:
+                path = os.path.join(out_dir, artifact_name(stem, fmt, variant))
+                t0 = time.perf_counter()
+                extra = {}
+                if fmt.startswith("tflite"):
+                    data = _tflite_bytes(saved_model, fmt.split("-", 1)[1], calibration)
+                    with atomic_path(path, suffix=".tflite") as tmp:
+                        with open(tmp, "wb") as f:
+                            f.write(data)
+                elif fmt == "onnx":
+                    _write_onnx(net, path)
+                    extra = _onnx_info(path)
+                seconds = sm_seconds if fmt == "saved_model" else time.perf_counter() - t0
+                results.append(_describe(path, fmt, variant, seconds, base, extra, source, reference, images,
+                                         post if variant == "end_to_end" else None,
+                                         _e2e_unsupported(fmt, nms) if variant == "raw" and end_to_end else ""))
+                log(f"{fmt} ({variant}): {path} ({results[-1].bytes / 1e6:.1f} MB, {seconds:.1f} s)")
+    return results
+
+
+def _describe(path, fmt, variant, seconds, base, extra, source, reference, images, post, e2e_note):
+    """Write the artifact's metadata JSON (read back through its runtime) and measure parity."""
+    digest, size = file_digest(path)
+    kind = "saved_model" if fmt == "saved_model" else fmt.split("-")[0]
+    m = {**base, "format": kind, "precision": fmt.split("-", 1)[1] if "-" in fmt else "fp32",
+         "variant": variant, "file": os.path.basename(path), "bytes": size, "sha256": digest,
+         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+         "source": source or {}}
+    m["exporter"] = {**m["exporter"], **extra}
+    if e2e_note:
+        m["end_to_end_note"] = e2e_note
+    _write_json(meta_path(path), m)
+    rt = load_any(path)  # read the artifact back: its own input/output description and parity
+    m.update(_io_meta(rt, variant, post))
+    m["check"] = {"reference": "the keras model on the same images (calibration images when given, else noise)",
+                  **_parity(rt, reference, images, variant)}
+    _write_json(meta_path(path), m)
+    return ExportResult(fmt, variant, path, size, seconds, m["check"],
+                        "raw heads only (see end_to_end_note)" if e2e_note else "")
+
+
+def export_detector(weights, out_dir, formats=DEFAULT_FORMATS, end_to_end=False, calib_root=None,
+                    calib_split="train", calib_images: int = 200, calib_seed: int = 0, stem=None,
+                    log=print, **postprocess) -> list[ExportResult]:
+    """Load a ``.keras`` detector (utils.checkpoint.load_detector) and :func:`export_model` it.
+
+    ``calib_root``/``calib_split``/``calib_images``: the VOC root, split and number of images
+    (seeded choice) that calibrate int8 and serve the parity check. ``postprocess``:
+    nms, score_thresh, iou_thresh, max_det, pre_nms_topk of the end-to-end variant.
+    """
+    weights = os.fspath(weights)
+    model, meta = load_detector(weights)
+    if isinstance(model.output, dict):
+        raise ExportError(f"{weights} is an end-to-end model; export the yolo body (train.py's best.keras)")
+    calibration = None
+    if calib_root:
+        hw = tuple(int(v) for v in meta["input_shape"][:2])
+        calibration = calibration_dataset(calib_root, calib_split, calib_images, hw, meta["class_names"], calib_seed)
+        log(f"calibration: {len(calibration)} letterboxed images from {calib_root} [{calib_split}]")
+    digest, _ = file_digest(weights)
+    source = {"weights": weights, "sha256": digest,
+              "calibration": ({"root": os.fspath(calib_root), "split": calib_split, "images": len(calibration),
+                               "seed": calib_seed} if calibration is not None else None)}
+    stem = stem or os.path.splitext(os.path.basename(weights))[0]
+    return export_model(model, meta, out_dir, formats, stem=stem, end_to_end=end_to_end, calibration=calibration,
+                        source=source, log=log, **postprocess)
+
+
+def set_batchnorm_stats(model, images, min_variance: float = 0.1):
+    """Give a random-weight model O(1) activations: BatchNorm statistics from ``images``.
+
+    A freshly initialised yolo_body's outputs shrink to ~1e-7 through its many layers, which
+    makes any export look exact. One training-mode pass with momentum 0 sets every BN's moving
+    mean/variance to the batch statistics (each layer already sees normalised inputs); the
+    variance floor keeps near-dead channels from amplifying rounding noise. For tests and
+    benchmarks of untrained models; trained models have their own statistics.
+    """
+    import keras
+
+    bns = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    saved = [l.momentum for l in bns]
+    for l in bns:
+        l.momentum = 0.0
+    model(np.asarray(images, np.float32), training=True)
+    for l, momentum in zip(bns, saved):
+        l.momentum = momentum
+        l.moving_variance.assign(np.maximum(np.asarray(l.moving_variance), min_variance))
+    return model
+
+
+def format_results(results) -> str:
+    """A readable table of the exports: format, variant, size, time, parity, file."""
+    rows = [("format", "variant", "MB", "s", "parity vs keras", "file")]
+    for r in results:
+        if not r.path:
+            rows.append((r.format, r.variant, "-", "-", "not written", r.note.split(":")[0]))
+            continue
+        if r.variant == "raw":
+            par = f"max |diff| {r.check['max_abs_diff']:.2e} (|ref| {r.check['max_abs_ref']:.1f})"
+        else:
+            par = (f"{'same' if r.check['same_num_valid'] else 'other'} counts, "
+                   f"{100 * r.check['matched']:.0f}% matched (IoU>=0.9), rank-wise {r.check['max_box_diff_px']:.1e} px")
+        rows.append((r.format, r.variant, f"{r.bytes / 1e6:.1f}", f"{r.seconds:.1f}", par, r.path))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
