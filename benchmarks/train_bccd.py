@@ -1,0 +1,131 @@
+"""Accuracy benchmark: train from scratch on BCCD train, evaluate on BCCD test.
+
+    python benchmarks/train_bccd.py                       # mobilenetv2 alpha 1.0, 416x416, 30 epochs
+    python benchmarks/train_bccd.py --epochs 5 --input-size 320 -- --optimizer sgd   # extra train.py options after --
+
+Trains with train.py's own code (no ImageNet weights), evaluates best.keras on the test
+split with eval_map.py's code, measures the images/s of a bare training step at batch 8,
+prints everything and records it in docs/benchmarks.md (section "BCCD from scratch").
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BCCD = ROOT.parent / "shared" / "data" / "BCCD"
+SECTION = "## BCCD from scratch"
+
+
+def step_throughput(backbone, alpha, hw, batch=8, steps=10):
+    """Images/s of a bare training step (model + loss + optimizer) at ``batch``."""
+    import keras
+    import numpy as np
+    from nets.loss import YoloTrainer
+    from nets.yolo import yolo_body
+    from utils.dataset import TrainDataset
+    from utils.targets import load_anchors
+    from utils.voc import load_voc
+
+    recs = load_voc(str(BCCD), "train", str(ROOT / "model_data" / "bccd_classes.txt"), log=None)
+    anchors = load_anchors()
+    ds = TrainDataset(recs, 3, hw, batch, anchors)
+    x, y = ds.batch(0)
+    body = yolo_body(hw, 3, backbone=backbone, alpha=alpha, weight_decay=0.0)
+    trainer = YoloTrainer(body, anchors, 3, hw)
+    trainer.compile(optimizer=keras.optimizers.AdamW(1e-4, use_ema=True), jit_compile=False)
+    trainer.train_on_batch(x, y)
+    trainer.train_on_batch(x, y)
+    t = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_on_batch(x, y)
+    return batch * steps / (time.perf_counter() - t)
+
+
+def machine():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+    except Exception:  # lscpu missing or unexpected output: fall back to platform
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} CPUs"
+
+
+def record(lines, command):
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    body = "\n".join([SECTION, "", f"{datetime.date.today()} on {machine()} (load average {load} at the end); "
+                      "command:", "", f"    {command}", ""] + [f"    {line}" for line in lines]) + "\n"
+    if SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        nxt = rest.find("\n## ")
+        text = head + body + (rest[nxt + 1:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    path.write_text(text)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="mobilenetv2")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--input-size", type=int, default=416)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--save-dir", default=str(ROOT / "runs" / "bench" / "bccd"))
+    p.add_argument("--no-record", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = p.parse_args(own)
+    if not (BCCD / "Annotations").is_dir():
+        sys.exit(f"BCCD not found at {BCCD} (see ../shared/data/README.md)")
+
+    import train
+    from utils.evaluate import evaluate_records, format_table
+    from utils.predictor import Detector
+    from utils.voc import load_voc
+
+    hw = (args.input_size, args.input_size)
+    t0 = time.time()
+    rc = train.main(["--root", str(BCCD), "--classes", str(ROOT / "model_data" / "bccd_classes.txt"),
+                     "--input-size", str(args.input_size), "--backbone", args.backbone, "--alpha", str(args.alpha),
+                     "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+                     "--save-dir", args.save_dir, "--exist-ok", "--verbose", "2", *extra])
+    wall = time.time() - t0
+    if rc != 0:
+        sys.exit(f"training failed (exit {rc})")
+    with open(os.path.join(args.save_dir, "log.csv")) as f:
+        epochs_done = len(list(csv.DictReader(f)))
+    det = Detector.from_file(os.path.join(args.save_dir, "best.keras"))
+    test = load_voc(str(BCCD), "test", det.class_names, log=None)
+    res = evaluate_records(det, test)
+    ips = step_throughput(args.backbone, args.alpha, hw, args.batch_size)
+    per_class = {c: res["per_class"][i]["ap"] if isinstance(res["per_class"], list) else None
+                 for i, c in enumerate(det.class_names)}
+    lines = [f"{args.backbone} alpha {args.alpha:g}, {hw[0]}x{hw[1]}, {epochs_done} epochs from scratch "
+             f"(no ImageNet weights), batch {args.batch_size}, extra options: {' '.join(extra) or 'none'}",
+             f"BCCD test ({len(test)} images): mAP@0.5 = {res['map']:.4f}, "
+             f"COCO mAP@[.5:.95] = {res['coco']['map']:.4f}" if res.get("coco") else f"mAP@0.5 = {res['map']:.4f}",
+             "", *format_table(res, det.class_names).splitlines(), "",
+             f"wall time {wall / 60:.1f} min for training incl. in-loop evaluation: {wall / max(epochs_done, 1):.1f} s/epoch",
+             f"bare training step at batch {args.batch_size}: {ips:.1f} images/s"]
+    print("\n".join(lines))
+    if not args.no_record:
+        command = "python benchmarks/train_bccd.py " + " ".join(argv)
+        record(lines, command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
