@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -23,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BCCD = ROOT.parent / "shared" / "data" / "BCCD"
-SECTION = "## BCCD from scratch"
+SECTION = "BCCD from scratch"
 
 
 def step_throughput(backbone, alpha, hw, batch=8, steps=10):
@@ -49,30 +46,6 @@ def step_throughput(backbone, alpha, hw, batch=8, steps=10):
     for _ in range(steps):
         trainer.train_on_batch(x, y)
     return batch * steps / (time.perf_counter() - t)
-
-
-def machine():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except Exception:  # lscpu missing or unexpected output: fall back to platform
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} CPUs"
-
-
-def record(lines, command):
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    body = "\n".join([SECTION, "", f"{datetime.date.today()} on {machine()} (load average {load} at the end); "
-                      "command:", "", f"    {command}", ""] + [f"    {line}" for line in lines]) + "\n"
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        text = head + body + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
 
 
 def main(argv=None):
@@ -122,8 +95,8 @@ def main(argv=None):
              f"bare training step at batch {args.batch_size}: {ips:.1f} images/s"]
     print("\n".join(lines))
     if not args.no_record:
-        command = "python benchmarks/train_bccd.py " + " ".join(argv)
-        record(lines, command.strip())
+        from benchmarks._record import command_line, record
+        record(SECTION, command_line("train_bccd.py", argv), lines)
     return 0
 
 
