@@ -311,3 +311,28 @@ def test_cli_exports_a_saved_detector(tmp_path, classes, capsys):
         export_cli.main(["--weights", weights, "--formats", "tflite-int8"])
     assert "needs --calib-root" in capsys.readouterr().err
     assert tuple(export_cli.FORMATS) == FORMATS
+
+
+def test_predict_and_eval_map_take_exported_files(e2e, classes, tmp_path, capsys):
+    import eval_map
+    import predict
+    from utils.inference import load_model_any
+    from utils.voc import read_image
+
+    body, results = e2e
+    tflite, saved = results[("tflite-fp32", "raw")].path, results[("saved_model", "raw")].path
+    image_path = DEMO / "JPEGImages" / "demo_00000.jpg"
+    want = Detector(body, _meta(classes, "tiny", 1.0)).detect([read_image(image_path)], score_thresh=0.2)[0]
+    for path in (tflite, saved):  # predict.py's loader: by suffix, and a SavedModel folder
+        got = load_model_any(path, score_thresh=0.2).detect([read_image(image_path)])[0]
+        np.testing.assert_allclose(got["boxes"], want["boxes"], atol=1e-2)
+    with pytest.raises(ValueError, match="runs at the input size it was exported at"):
+        load_model_any(tflite, input_size=160)
+    out = tmp_path / "pred"
+    assert predict.main(["--weights", tflite, "--source", str(image_path), "--save-dir", str(out), "--conf", "0.2",
+                         "--no-save"]) == 0
+    (record,) = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([d["box"] for d in record["detections"]], want["boxes"], atol=1e-2)
+    assert eval_map.main(["--weights", results[("onnx", "raw")].path, "--root", str(DEMO), "--split", "val",
+                          "--save-dir", str(tmp_path / "eval"), "--no-coco"]) == 0
+    assert "mAP@0.5" in capsys.readouterr().out

@@ -39,10 +39,22 @@ def _load_keras(path):
     return model, meta, Detector
 
 
-# suffix -> loader(path) returning (model, meta, detector class). Another backend (a
-# SavedModel folder, .tflite, .onnx) registers here with a class offering the Detector's
-# preprocess / forward / postprocess / finish steps; nothing else changes.
-LOADERS: dict[str, Callable] = {".keras": _load_keras}
+def _load_export(path):
+    """A raw-heads export of utils/export.py (SavedModel folder, .tflite, .onnx): the Detector
+    takes its utils.runtime runtime in place of a Keras model."""
+    from utils.predictor import Detector
+    from utils.runtime import load_any
+    runtime = load_any(path)
+    return runtime, runtime.meta, Detector
+
+
+SAVED_MODEL = "saved_model"  # LOADERS key of SavedModel folders (a folder holding saved_model.pb)
+
+# suffix -> loader(path) returning (model, meta, detector class). Another backend registers
+# here with a class offering the Detector's preprocess / forward / postprocess / finish steps;
+# nothing else changes.
+LOADERS: dict[str, Callable] = {".keras": _load_keras, ".tflite": _load_export, ".onnx": _load_export,
+                                SAVED_MODEL: _load_export}
 
 
 def register_loader(suffix: str, loader: Callable) -> None:
@@ -61,12 +73,20 @@ def load_model_any(path, input_size=None, **detector_kwargs):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
-    suffix = next((s for s in sorted(LOADERS, key=len, reverse=True) if path.lower().endswith(s)), None)
-    if suffix is None or os.path.isdir(path):
+    if os.path.isdir(path):
+        suffix = SAVED_MODEL if os.path.isfile(os.path.join(path, "saved_model.pb")) else None
+    else:
+        suffix = next((s for s in sorted(LOADERS, key=len, reverse=True) if path.lower().endswith(s)), None)
+    if suffix is None:
         raise ValueError(f"{path}: unsupported model format; supported: {', '.join(sorted(LOADERS))} "
-                         "(a .keras file written by train.py)")
+                         "(a .keras file written by train.py, or an export of export.py)")
     model, meta, detector_cls = LOADERS[suffix](path)
-    if input_size is not None:
+    if input_size is not None and suffix != ".keras":
+        from utils.targets import parse_input_hw
+        if parse_input_hw(input_size) != tuple(int(v) for v in meta["input_shape"][:2]):
+            raise ValueError(f"{path}: an exported model runs at the input size it was exported at "
+                             f"({meta['input_shape'][0]}x{meta['input_shape'][1]}); leave --input-size out")
+    elif input_size is not None:
         model, meta = with_input_size(model, meta, input_size)
     return detector_cls(model, meta, **detector_kwargs)
 
