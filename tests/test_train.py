@@ -1,0 +1,129 @@
+"""train.py end to end on a tiny synthetic VOC set: outputs, logs, resume, interrupt, NaN."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+import train
+from utils import checkpoint as ck
+from utils.callbacks import lr_at
+from utils.config import load_yaml
+from utils.demo_data import make_demo_dataset
+
+SMALL = ["--input-size", "128", "--backbone", "squeezenet", "--alpha", "0.5", "--batch-size", "4",
+         "--steps-per-epoch", "2", "--eval-every", "1", "--verbose", "0", "--no-tensorboard",
+         "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "demo"
+    make_demo_dataset(root, num_images=16, seed=0)
+    return root
+
+
+def _args(demo_root, save_dir, *extra):
+    return ["--root", str(demo_root), "--classes", str(demo_root / "demo_classes.txt"), *SMALL,
+            "--save-dir", str(save_dir), *extra]
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_yaml_config_and_command_line_override(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("backbone: ghostnet\nalpha: 0.5\nbatch-size: 3\nlr_schedule: step\n")
+    args = train.parse_args(["--config", str(cfg), "--batch-size", "5"])
+    assert (args.backbone, args.alpha, args.batch_size, args.lr_schedule) == ("ghostnet", 0.5, 5, "step")
+    assert args.freeze_epochs == 0  # from scratch: nothing to freeze
+    assert train.parse_args(["--backbone-weights", "imagenet", "--epochs", "10"]).freeze_epochs == 5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbon: ghostnet\n")
+    with pytest.raises(ValueError, match="bad.yaml: unknown option 'backbon'"):
+        train.parse_args(["--config", str(bad)])
+    assert train.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_no_dataset_says_so_and_offers_the_demo(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--epochs", "1", "--save-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "no VOC data under VOCdevkit/VOC2007" in err and "python train.py --demo" in err
+
+
+def test_training_writes_checkpoints_logs_and_config(demo_root, tmp_path):
+    save = tmp_path / "run"
+    assert train.main(_args(demo_root, save, "--epochs", "2", "--tensorboard")) == 0
+    for name in ("best.keras", "last.keras", "log.csv", "curves.png", "config.yaml", "resume.json"):
+        assert (save / name).is_file(), name
+    assert (save / "tensorboard").is_dir()
+    rows = _csv(save / "log.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    for key in ("loss", "box_loss", "obj_loss", "cls_loss", "lr", "val_map50"):
+        assert all(np.isfinite(float(r[key])) for r in rows), key
+    config = load_yaml(save / "config.yaml")
+    assert config["backbone"] == "squeezenet" and config["input_size"] == [128]
+    model, meta = ck.load_detector(save / "best.keras")
+    assert meta["class_names"] == (demo_root / "demo_classes.txt").read_text().split()
+    assert tuple(meta["input_shape"]) == (128, 128) and model.outputs[0].shape[-1] == 3 * (5 + 4)
+    # a second run into the same folder must not silently overwrite it
+    assert train.main(_args(demo_root, save, "--epochs", "1")) == 2
+
+
+def _interrupt_at(epoch):
+    """A batch hook that raises KeyboardInterrupt (as Ctrl-C does) in the middle of ``epoch``."""
+    def hook(self, batch, logs=None):
+        if self.epoch == epoch and batch == 1:
+            raise KeyboardInterrupt
+    return hook
+
+
+def test_interrupt_mid_epoch_then_resume_continues_where_it_stopped(demo_root, tmp_path, monkeypatch):
+    from utils import callbacks
+
+    save = tmp_path / "run"
+    monkeypatch.setattr(callbacks.NanGuard, "on_train_batch_begin", _interrupt_at(1))
+    assert train.main(_args(demo_root, save, "--epochs", "3")) == 130
+    state = json.loads((save / "resume.json").read_text())
+    assert state["epoch"] == 1  # epoch 2 was in progress: only it is lost
+    last = (save / "last.keras").read_bytes()
+    ck.load_detector(save / "last.keras")  # intact and loadable
+    assert not [p for p in os.listdir(save) if p.startswith(".")]  # no half-written temporaries
+    monkeypatch.undo()
+
+    assert train.main(_args(demo_root, save, "--epochs", "3", "--resume")) == 0
+    rows = _csv(save / "log.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert json.loads((save / "resume.json").read_text())["epoch"] == 3
+    assert (save / "last.keras").read_bytes() != last
+    # the learning-rate schedule continued from its position: each epoch's last step is at
+    # epoch + 1/2 (two steps per epoch) of warm-up then cosine, before and after the resume
+    base = 4e-3 * 4 / 64  # adamw default lr at nominal batch 64, scaled to batch 4
+    want = [lr_at(e + 0.5, 3, base, base * 0.01, 2.0) for e in range(3)]
+    np.testing.assert_allclose([float(r["lr"]) for r in rows], want, rtol=1e-5)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(demo_root, tmp_path, monkeypatch,
+                                                                           capsys):
+    from utils.dataset import TrainDataset
+
+    save = tmp_path / "run"
+    real_example = TrainDataset.example
+
+    def poisoned(self, position):
+        out = list(real_example(self, position))
+        if self.epoch == 1:
+            out[1] = np.full_like(out[1], np.nan)  # a corrupt target poisons the loss
+        return tuple(out)
+
+    monkeypatch.setattr(TrainDataset, "example", poisoned)
+    assert train.main(_args(demo_root, save, "--epochs", "3")) == 2
+    err = capsys.readouterr()
+    assert "at epoch 2, step 1" in err.out + err.err
+    assert json.loads((save / "resume.json").read_text())["epoch"] == 1
+    model, _ = ck.load_detector(save / "last.keras")
+    assert all(np.isfinite(w).all() for w in model.get_weights())
