@@ -23,31 +23,6 @@ BCCD = ROOT.parent / "shared" / "data" / "BCCD"
 SECTION = "BCCD from scratch"
 
 
-def step_throughput(backbone, alpha, hw, batch=8, steps=10):
-    """Images/s of a bare training step (model + loss + optimizer) at ``batch``."""
-    import keras
-    import numpy as np
-    from nets.loss import YoloTrainer
-    from nets.yolo import yolo_body
-    from utils.dataset import TrainDataset
-    from utils.targets import load_anchors
-    from utils.voc import load_voc
-
-    recs = load_voc(str(BCCD), "train", str(ROOT / "model_data" / "bccd_classes.txt"), log=None)
-    anchors = load_anchors()
-    ds = TrainDataset(recs, 3, hw, batch, anchors)
-    x, y = ds.batch(0)
-    body = yolo_body(hw, 3, backbone=backbone, alpha=alpha, weight_decay=0.0)
-    trainer = YoloTrainer(body, anchors, 3, hw)
-    trainer.compile(optimizer=keras.optimizers.AdamW(1e-4, use_ema=True), jit_compile=False)
-    trainer.train_on_batch(x, y)
-    trainer.train_on_batch(x, y)
-    t = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_on_batch(x, y)
-    return batch * steps / (time.perf_counter() - t)
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -83,7 +58,8 @@ def main(argv=None):
     det = Detector.from_file(os.path.join(args.save_dir, "best.keras"))
     test = load_voc(str(BCCD), "test", det.class_names, log=None)
     res = evaluate_records(det, test)
-    ips = step_throughput(args.backbone, args.alpha, hw, args.batch_size)
+    from benchmarks.train_step import step_throughput
+    ips, _ = step_throughput(args.backbone, args.alpha, args.input_size, args.batch_size)
     per_class = {c: res["per_class"][i]["ap"] if isinstance(res["per_class"], list) else None
                  for i, c in enumerate(det.class_names)}
     lines = [f"{args.backbone} alpha {args.alpha:g}, {hw[0]}x{hw[1]}, {epochs_done} epochs from scratch "

@@ -134,7 +134,7 @@ def run(args) -> dict:
     from nets.loss import YoloTrainer, init_head_biases
     from nets.yolo import yolo_body
     from utils import callbacks as cb
-    from utils.checkpoint import load_detector, load_weights, read_meta
+    from utils.checkpoint import load_detector, load_weights
     from utils.config import save_yaml
     from utils.dataset import EpochSetter, TrainDataset
     from utils.augment import AugmentConfig
@@ -258,8 +258,10 @@ def run(args) -> dict:
     summary = {"save_dir": save_dir, "wall_s": wall, "best_map50": best_map}
     best = os.path.join(save_dir, "best.keras")
     if val_records and os.path.isfile(best):
-        model, meta_best = load_detector(best)
-        res = evaluate_records(Detector(model, meta_best), val_records, batch_size=args.eval_batch_size)
+        # the body already has the compiled detector around it: load the best weights into it
+        # rather than loading the file as a new model and tracing a second detector
+        body.load_weights(best)
+        res = evaluate_records(val_detector, val_records, batch_size=args.eval_batch_size)
         _log(f"\nbest checkpoint {best} on the validation split:")
         _log(format_table(res, class_names))
         summary["final"] = {"map50": res["map"], "coco": res.get("coco")}

@@ -1,0 +1,76 @@
+"""Training-step throughput: images/s of one mobilenetv2-yolov4 training step at batch 8.
+
+    python benchmarks/train_step.py                   # mobilenetv2 alpha 1.0, 416x416, batch 8
+    python benchmarks/train_step.py --backbone ghostnet --input-size 320
+
+The step is model forward + loss + backward + AdamW update with EMA, on a fixed BCCD batch
+(so the input pipeline is not part of it). Compare with benchmarks/data_throughput.py: the
+pipeline must deliver images at least 3x faster than the step consumes them. Records the
+figures in docs/benchmarks.md (section "Training step throughput").
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BCCD = ROOT.parent / "shared" / "data" / "BCCD"
+SECTION = "Training step throughput"
+
+
+def step_throughput(backbone="mobilenetv2", alpha=1.0, size=416, batch=8, steps=10):
+    """(images/s, seconds/step) of a bare training step on a fixed BCCD batch."""
+    import keras
+    from nets.loss import YoloTrainer
+    from nets.yolo import yolo_body
+    from utils.dataset import TrainDataset
+    from utils.targets import load_anchors
+    from utils.voc import load_voc
+
+    hw = (size, size)
+    recs = load_voc(str(BCCD), "train", str(ROOT / "model_data" / "bccd_classes.txt"), log=None)
+    anchors = load_anchors()
+    x, y = TrainDataset(recs, 3, hw, batch, anchors).batch(0)
+    body = yolo_body(hw, 3, backbone=backbone, alpha=alpha, weight_decay=0.0)
+    trainer = YoloTrainer(body, anchors, 3, hw)
+    opt = keras.optimizers.AdamW(1e-4, use_ema=True, weight_decay=5e-4, clipnorm=10.0)
+    trainer.compile(optimizer=opt, jit_compile=False)
+    opt.build(trainer.trainable_variables)
+    for _ in range(2):  # trace + warm-up
+        trainer.train_on_batch(x, y)
+    t = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_on_batch(x, y)
+    dt = (time.perf_counter() - t) / steps
+    return batch / dt, dt
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="mobilenetv2")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--input-size", type=int, default=416)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--no-record", action="store_true")
+    args = p.parse_args(argv)
+    if not (BCCD / "Annotations").is_dir():
+        sys.exit(f"BCCD not found at {BCCD} (see ../shared/data/README.md)")
+    ips, dt = step_throughput(args.backbone, args.alpha, args.input_size, args.batch_size, args.steps)
+    lines = [f"{args.backbone} alpha {args.alpha:g}, {args.input_size}x{args.input_size}, batch {args.batch_size}, "
+             f"AdamW + EMA, mean of {args.steps} steps after 2 warm-up steps:",
+             f"{dt:.2f} s/step = {ips:.1f} images/s"]
+    print("\n".join(lines))
+    if not args.no_record:
+        from benchmarks._record import command_line, record
+        record(SECTION, command_line("train_step.py", argv), lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
