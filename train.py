@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ema-momentum", type=float, default=0.99, help="EMA momentum")
     s.add_argument("--label-smoothing", type=float, default=0.0, help="class label smoothing eps")
     s.add_argument("--focal-gamma", type=float, default=0.0, help="focal loss gamma on objectness (0 = BCE)")
+    s.add_argument("--obj-target", choices=["iou", "one"], default="iou",
+                   help="objectness target of positives: iou (IoU-aware, YOLOv5) or one (YOLOv3/v4)")
     s.add_argument("--ignore-thresh", type=float, default=0.5, help="negatives above this IoU with a box are ignored")
     s.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="training augmentation (jitter, flip, HSV); --no-augment gives letterbox only")

@@ -71,8 +71,11 @@ class YoloLoss:
 
     Options: ``balance`` (obj weights per output), ``box_weight``, ``obj_weight``,
     ``cls_weight`` (None = YOLOv5-scaled defaults, see module docstring), ``ignore_thresh``,
-    ``label_smoothing`` eps (class targets y*(1-eps) + eps/2), ``obj_target`` "one" (positives
-    target 1) or "iou" (IoU-aware: the detached CIoU clamped to >= 0, as YOLOv5),
+    ``label_smoothing`` eps (class targets y*(1-eps) + eps/2), ``obj_target`` "iou" (the default, IoU-aware as YOLOv5: positives target the detached CIoU
+    clamped to >= 0) or "one" (positives target 1, YOLOv3/v4). With "one" a positive whose box
+    has collapsed (sigmoid-saturated w or h gets no gradient back) keeps a high score; in the
+    over-fitting test such a degenerate box ranked first and held mAP@0.5 at 0.83, against 1.0
+    with "iou" (tests/test_learns.py),
     ``focal_gamma`` (0 = plain BCE; > 0 = focal loss on objectness, Lin et al. 2017) with
     ``focal_alpha`` (None = no alpha weighting), ``box_area_weight`` (the (2 - w*h) factor).
     """
@@ -80,7 +83,7 @@ class YoloLoss:
     def __init__(self, anchors, num_classes: int, input_hw: Sequence[int], *,
                  balance: Sequence[float] = DEFAULT_BALANCE, box_weight: float = 0.05,
                  obj_weight: float | None = None, cls_weight: float | None = None,
-                 ignore_thresh: float = 0.5, label_smoothing: float = 0.0, obj_target: str = "one",
+                 ignore_thresh: float = 0.5, label_smoothing: float = 0.0, obj_target: str = "iou",
                  focal_gamma: float = 0.0, focal_alpha: float | None = 0.25,
                  box_area_weight: bool = False):
         anchors = np.asarray(anchors, dtype=np.float32)

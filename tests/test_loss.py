@@ -239,8 +239,8 @@ def test_iou_aware_objectness_target():
     y, raw, pos = make_case(HW, C, OBJECTS[:1])
     img, l, gy, gx, a = pos[0]
     raw[l][img, gy, gx, a * (5 + C) + 0] += 1.0  # worse box: CIoU < 1
-    plain = value(YoloLoss(ANCHORS, C, HW)(*as_tf(y, raw)))
-    aware = value(YoloLoss(ANCHORS, C, HW, obj_target="iou")(*as_tf(y, raw)))
+    plain = value(YoloLoss(ANCHORS, C, HW, obj_target="one")(*as_tf(y, raw)))
+    aware = value(YoloLoss(ANCHORS, C, HW)(*as_tf(y, raw)))  # "iou" is the default
     assert aware["obj"] > plain["obj"] + 1e-3  # target < 1 against a +BIG logit
 
 

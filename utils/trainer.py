@@ -184,7 +184,8 @@ def run(args) -> dict:
             _log(f"initialised from {args.weights}; skipped {len(skipped)} layers whose shapes differ"
                  + (f": {', '.join(skipped)}" if skipped else ""))
         trainer = YoloTrainer(body, anchors, len(class_names), hw, label_smoothing=args.label_smoothing,
-                              focal_gamma=args.focal_gamma, ignore_thresh=args.ignore_thresh)
+                              focal_gamma=args.focal_gamma, ignore_thresh=args.ignore_thresh,
+                              obj_target=args.obj_target)
 
     aug = AugmentConfig(mosaic_prob=args.mosaic_prob if args.mosaic else 0.0,
                         mixup_prob=args.mixup_prob if args.mixup else 0.0,
