@@ -28,7 +28,6 @@ from utils.runtime import RuntimeLoadError, load_any, meta_path
 from utils.targets import load_anchors
 from utils.voc import read_class_names
 
-DEMO = pathlib.Path(__file__).resolve().parents[1] / "VOCdevkit" / "demo"
 HW = (128, 128)
 ANCHORS = load_anchors()
 
@@ -46,13 +45,20 @@ def tiny_body(num_classes, seed=0):
 
 
 @pytest.fixture(scope="module")
-def classes():
-    return read_class_names(DEMO / "demo_classes.txt")
+def demo(tmp_path_factory):
+    """A small synthetic VOC set (the CI clone has no VOCdevkit/demo)."""
+    from utils.demo_data import make_demo_dataset
+    return make_demo_dataset(tmp_path_factory.mktemp("data") / "demo", num_images=40, seed=0)
 
 
 @pytest.fixture(scope="module")
-def calib(classes):
-    return calibration_dataset(DEMO, "train", 6, HW, classes)
+def classes(demo):
+    return read_class_names(demo / "demo_classes.txt")
+
+
+@pytest.fixture(scope="module")
+def calib(demo, classes):
+    return calibration_dataset(demo, "train", 6, HW, classes)
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +289,7 @@ def test_export_arguments_are_checked(classes):
         calibration_dataset("/no/such/root", "train", 4, HW, classes)
 
 
-def test_calibration_images_are_letterboxed_training_images(calib, classes):
+def test_calibration_images_are_letterboxed_training_images(demo, calib, classes):
     from utils.letterbox import letterbox_image
     from utils.voc import read_image
 
@@ -291,8 +297,8 @@ def test_calibration_images_are_letterboxed_training_images(calib, classes):
     image = read_image(calib.records[0].image_path)
     want, _ = letterbox_image(image, HW)
     np.testing.assert_array_equal(calib[0][0][0], want)
-    train_ids = (DEMO / "ImageSets" / "Main" / "train.txt").read_text().split()
-    assert len(calibration_dataset(DEMO, "train", 10**6, HW, classes)) == len(train_ids)  # all of them
+    train_ids = (demo / "ImageSets" / "Main" / "train.txt").read_text().split()
+    assert len(calibration_dataset(demo, "train", 10**6, HW, classes)) == len(train_ids)  # all of them
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -313,7 +319,7 @@ def test_cli_exports_a_saved_detector(tmp_path, classes, capsys):
     assert tuple(export_cli.FORMATS) == FORMATS
 
 
-def test_predict_and_eval_map_take_exported_files(e2e, classes, tmp_path, capsys):
+def test_predict_and_eval_map_take_exported_files(demo, e2e, classes, tmp_path, capsys):
     import eval_map
     import predict
     from utils.inference import load_model_any
@@ -321,7 +327,7 @@ def test_predict_and_eval_map_take_exported_files(e2e, classes, tmp_path, capsys
 
     body, results = e2e
     tflite, saved = results[("tflite-fp32", "raw")].path, results[("saved_model", "raw")].path
-    image_path = DEMO / "JPEGImages" / "demo_00000.jpg"
+    image_path = demo / "JPEGImages" / "demo_00000.jpg"
     want = Detector(body, _meta(classes, "tiny", 1.0)).detect([read_image(image_path)], score_thresh=0.2)[0]
     for path in (tflite, saved):  # predict.py's loader: by suffix, and a SavedModel folder
         got = load_model_any(path, score_thresh=0.2).detect([read_image(image_path)])[0]
@@ -333,6 +339,6 @@ def test_predict_and_eval_map_take_exported_files(e2e, classes, tmp_path, capsys
                          "--no-save"]) == 0
     (record,) = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([d["box"] for d in record["detections"]], want["boxes"], atol=1e-2)
-    assert eval_map.main(["--weights", results[("onnx", "raw")].path, "--root", str(DEMO), "--split", "val",
+    assert eval_map.main(["--weights", results[("onnx", "raw")].path, "--root", str(demo), "--split", "val",
                           "--save-dir", str(tmp_path / "eval"), "--no-coco"]) == 0
     assert "mAP@0.5" in capsys.readouterr().out
