@@ -5,15 +5,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import layers
 
+from _helpers import tiny_body
 from utils.boxes import box_iou
 from utils.decode import (ANCHOR_MASKS, YoloPostprocess, batched_nms, decode_head, end_to_end_model,
                           postprocess)
 from utils.letterbox import Letterbox, letterbox_boxes, unletterbox_boxes
+from utils.targets import load_anchors
 
-ANCHORS = np.array([[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146],
-                    [142, 110], [192, 243], [459, 401]], np.float32)
+ANCHORS = load_anchors()
 
 
 def _sigmoid(x):
@@ -67,17 +67,6 @@ def _random_boxes(rng, b, n, size=200.0):
     xy = rng.uniform(0, size * 0.8, (b, n, 2))
     wh = rng.uniform(size * 0.05, size * 0.4, (b, n, 2))
     return np.concatenate([xy, xy + wh], -1).astype(np.float32)
-
-
-def tiny_body(input_hw, num_classes):
-    """A few-layer stand-in for yolo_body with the same input and outputs."""
-    inp = keras.Input((*input_hw, 3), name="image")
-    x = layers.Rescaling(1 / 255.0, name="rescale")(inp)
-    outs = []
-    for i, stride in enumerate((8, 16, 32)):
-        x = layers.Conv2D(8, 3, strides=8 if i == 0 else 2, padding="same", name=f"down{stride}")(x)
-        outs.append(layers.Conv2D(3 * (5 + num_classes), 1, name=f"head{stride}")(x))
-    return keras.Model(inp, outs[::-1], name="tiny_body")
 
 
 # ---------------------------------------------------------------- decode_head
@@ -225,7 +214,7 @@ def test_yolo_postprocess_config_round_trip():
 
 
 def test_end_to_end_model_saves_and_reloads_safely(tmp_path):
-    body = tiny_body((64, 96), 2)
+    body = tiny_body((64, 96), 2, seed=None)
     model = end_to_end_model(body, ANCHORS, 2, score_thresh=0.2, max_det=20, nms="diou")
     images = np.random.default_rng(5).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
     want = model(images)
@@ -240,7 +229,8 @@ def test_end_to_end_model_saves_and_reloads_safely(tmp_path):
 
 
 def test_end_to_end_model_exports_as_savedmodel(tmp_path):
-    model = end_to_end_model(tiny_body((64, 96), 2), ANCHORS, 2, score_thresh=0.2, max_det=10, nms="diou")
+    model = end_to_end_model(tiny_body((64, 96), 2, seed=None), ANCHORS, 2, score_thresh=0.2, max_det=10,
+                             nms="diou")
     model.export(str(tmp_path / "saved"), verbose=False)
     served = tf.saved_model.load(str(tmp_path / "saved"))
     images = np.random.default_rng(6).uniform(0, 255, (3, 64, 96, 3)).astype(np.float32)

@@ -1,30 +1,17 @@
 """eval_map.py end to end: a saved tiny detector on a small synthetic VOC root."""
 import json
 
-import keras
 import numpy as np
 import pytest
-from keras import layers
 
 import eval_map
+from _helpers import tiny_body
+from utils.targets import load_anchors
 
 checkpoint = pytest.importorskip("utils.checkpoint")
 demo_data = pytest.importorskip("utils.demo_data")
 
-ANCHORS = np.array([[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146],
-                    [142, 110], [192, 243], [459, 401]], np.float32)
-
-
-def tiny_body(input_hw, num_classes):
-    """A few-layer stand-in for yolo_body with the same input and outputs."""
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((*input_hw, 3), name="image")
-    x = layers.Rescaling(1 / 255.0, name="rescale")(inp)
-    outs = []
-    for i, stride in enumerate((8, 16, 32)):
-        x = layers.Conv2D(8, 3, strides=8 if i == 0 else 2, padding="same", name=f"down{stride}")(x)
-        outs.append(layers.Conv2D(3 * (5 + num_classes), 1, name=f"head{stride}")(x))
-    return keras.Model(inp, outs[::-1], name="tiny_body")
+ANCHORS = load_anchors()
 
 
 @pytest.fixture(scope="module")

@@ -1,32 +1,19 @@
 """utils/evaluate.py: detector over records -> metrics, report files, table."""
 import json
 
-import keras
 import numpy as np
 import pytest
-from keras import layers
 from PIL import Image
 
+from _helpers import tiny_body
 from utils.evaluate import evaluate_records, format_table, write_report
 from utils.letterbox import Letterbox, letterbox_boxes
 from utils.predictor import Detector
+from utils.targets import load_anchors
 from utils.voc import ImageReadError, VocRecord, load_voc
 
-ANCHORS = np.array([[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146],
-                    [142, 110], [192, 243], [459, 401]], np.float32)
+ANCHORS = load_anchors()
 COLOURS = [(255, 0, 0), (0, 255, 0)]  # class 0 red, class 1 green
-
-
-def tiny_body(input_hw, num_classes):
-    """A few-layer stand-in for yolo_body with the same input and outputs."""
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((*input_hw, 3), name="image")
-    x = layers.Rescaling(1 / 255.0, name="rescale")(inp)
-    outs = []
-    for i, stride in enumerate((8, 16, 32)):
-        x = layers.Conv2D(8, 3, strides=8 if i == 0 else 2, padding="same", name=f"down{stride}")(x)
-        outs.append(layers.Conv2D(3 * (5 + num_classes), 1, name=f"head{stride}")(x))
-    return keras.Model(inp, outs[::-1], name="tiny_body")
 
 
 class ColourBoxDetector:

@@ -16,9 +16,9 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from keras import layers
 
 import export as export_cli
+from _helpers import tiny_body
 from utils.checkpoint import save_detector
 from utils.decode import postprocess
 from utils.export import (FORMATS, ExportError, artifact_name, calibration_dataset, export_model,
@@ -30,18 +30,6 @@ from utils.voc import read_class_names
 
 HW = (128, 128)
 ANCHORS = load_anchors()
-
-
-def tiny_body(num_classes, seed=0):
-    """A few-layer stand-in for yolo_body with the same input and outputs (stride 32, 16, 8)."""
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((*HW, 3), name="image")
-    x = layers.Rescaling(1 / 255.0, name="rescale")(inp)
-    outs = []
-    for i, stride in enumerate((8, 16, 32)):
-        x = layers.Conv2D(8, 3, strides=8 if i == 0 else 2, padding="same", activation="relu", name=f"down{stride}")(x)
-        outs.append(layers.Conv2D(3 * (5 + num_classes), 1, name=f"head{stride}")(x))
-    return keras.Model(inp, outs[::-1], name="tiny_body")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +79,7 @@ def runtimes(yolo):
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory, classes, calib):
-    body = tiny_body(len(classes))
+    body = tiny_body(HW, len(classes), activation="relu")
     out = tmp_path_factory.mktemp("e2e_export")
     results = export_model(body, _meta(classes, "tiny", 1.0), out, ["saved_model", "tflite-fp32", "tflite-fp16", "onnx"],
                            stem="t",
@@ -218,7 +206,7 @@ def test_end_to_end_exports_match_python_postprocessing(e2e, noise, fmt):
 
 def test_iou_nms_end_to_end_in_onnx_but_not_in_tflite(tmp_path, classes, noise):
     images = noise
-    body = tiny_body(len(classes))
+    body = tiny_body(HW, len(classes), activation="relu")
     results = export_model(body, _meta(classes, "tiny", 1.0), tmp_path, ["tflite-fp32", "onnx"], stem="t",
                            end_to_end=True, nms="iou", score_thresh=0.2, max_det=30, log=lambda *a: None)
     by = {(r.format, r.variant): r for r in results}
@@ -254,8 +242,8 @@ def test_corrupt_or_mismatched_files_name_the_file(e2e, tmp_path, classes):
         load_any(bad)
 
     # an .onnx of another model (2 classes) beside the metadata of the 4-class one
-    other = export_model(tiny_body(2), _meta(["a", "b"], "tiny", 1.0), tmp_path / "other", ["onnx"], stem="o",
-                         log=lambda *a: None)[0].path
+    other = export_model(tiny_body(HW, 2, activation="relu"), _meta(["a", "b"], "tiny", 1.0), tmp_path / "other",
+                         ["onnx"], stem="o", log=lambda *a: None)[0].path
     swapped = tmp_path / "swapped.onnx"
     shutil.copy(other, swapped)
     shutil.copy(meta_path(results[("onnx", "raw")].path), meta_path(swapped))
@@ -278,7 +266,7 @@ def test_corrupt_or_mismatched_files_name_the_file(e2e, tmp_path, classes):
 
 
 def test_export_arguments_are_checked(classes):
-    body = tiny_body(len(classes))
+    body = tiny_body(HW, len(classes), activation="relu")
     with pytest.raises(ExportError, match="unknown export format.*tflite-int4"):
         export_model(body, _meta(classes), "unused", ["tflite-int4"])
     with pytest.raises(ExportError, match="tflite-int8 needs calibration images"):
@@ -304,7 +292,8 @@ def test_calibration_images_are_letterboxed_training_images(demo, calib, classes
 # ----------------------------------------------------------------------------- CLI
 
 def test_cli_exports_a_saved_detector(tmp_path, classes, capsys):
-    weights = save_detector(tiny_body(len(classes)), tmp_path / "tiny.keras", _meta(classes, "tiny", 1.0))
+    weights = save_detector(tiny_body(HW, len(classes), activation="relu"), tmp_path / "tiny.keras",
+                            _meta(classes, "tiny", 1.0))
     out = tmp_path / "exp"
     assert export_cli.main(["--weights", weights, "--formats", "onnx", "--out-dir", str(out)]) == 0
     assert (out / "tiny.onnx").is_file() and (out / "tiny.onnx.json").is_file()

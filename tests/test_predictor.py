@@ -1,30 +1,17 @@
 """utils/predictor.py: the Detector (letterbox -> one compiled model + NMS -> source pixels)."""
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import layers
 
+from _helpers import tiny_body
 from utils.decode import postprocess
 from utils.letterbox import Letterbox, letterbox_image, unletterbox_boxes
 from utils.predictor import Detector
+from utils.targets import load_anchors
 
-ANCHORS = np.array([[12, 16], [19, 36], [40, 28], [36, 75], [76, 55], [72, 146],
-                    [142, 110], [192, 243], [459, 401]], np.float32)
+ANCHORS = load_anchors()
 HW = (96, 128)
 CLASSES = ["cat", "dog", "bird"]
-
-
-def tiny_body(input_hw, num_classes, seed=0):
-    """A few-layer stand-in for yolo_body with the same input and outputs."""
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((*input_hw, 3), name="image")
-    x = layers.Rescaling(1 / 255.0, name="rescale")(inp)
-    outs = []
-    for i, stride in enumerate((8, 16, 32)):
-        x = layers.Conv2D(8, 3, strides=8 if i == 0 else 2, padding="same", name=f"down{stride}")(x)
-        outs.append(layers.Conv2D(3 * (5 + num_classes), 1, name=f"head{stride}")(x))
-    return keras.Model(inp, outs[::-1], name="tiny_body")
 
 
 @pytest.fixture(scope="module")
