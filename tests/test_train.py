@@ -55,25 +55,6 @@ def test_no_dataset_says_so_and_offers_the_demo(tmp_path, monkeypatch, capsys):
     assert "no VOC data under VOCdevkit/VOC2007" in err and "python train.py --demo" in err
 
 
-def test_training_writes_checkpoints_logs_and_config(demo_root, tmp_path):
-    save = tmp_path / "run"
-    assert train.main(_args(demo_root, save, "--epochs", "2", "--tensorboard")) == 0
-    for name in ("best.keras", "last.keras", "log.csv", "curves.png", "config.yaml", "resume.json"):
-        assert (save / name).is_file(), name
-    assert (save / "tensorboard").is_dir()
-    rows = _csv(save / "log.csv")
-    assert [r["epoch"] for r in rows] == ["0", "1"]
-    for key in ("loss", "box_loss", "obj_loss", "cls_loss", "lr", "val_map50"):
-        assert all(np.isfinite(float(r[key])) for r in rows), key
-    config = load_yaml(save / "config.yaml")
-    assert config["backbone"] == "squeezenet" and config["input_size"] == [128]
-    model, meta = ck.load_detector(save / "best.keras")
-    assert meta["class_names"] == (demo_root / "demo_classes.txt").read_text().split()
-    assert tuple(meta["input_shape"]) == (128, 128) and model.outputs[0].shape[-1] == 3 * (5 + 4)
-    # a second run into the same folder must not silently overwrite it
-    assert train.main(_args(demo_root, save, "--epochs", "1")) == 2
-
-
 def _interrupt_at(epoch):
     """A batch hook that raises KeyboardInterrupt (as Ctrl-C does) in the middle of ``epoch``."""
     def hook(self, batch, logs=None):
@@ -82,7 +63,7 @@ def _interrupt_at(epoch):
     return hook
 
 
-def test_interrupt_mid_epoch_then_resume_continues_where_it_stopped(demo_root, tmp_path, monkeypatch):
+def test_interrupt_mid_epoch_then_resume_continues_and_writes_every_output(demo_root, tmp_path, monkeypatch):
     from utils import callbacks
 
     save = tmp_path / "run"
@@ -95,9 +76,21 @@ def test_interrupt_mid_epoch_then_resume_continues_where_it_stopped(demo_root, t
     assert not [p for p in os.listdir(save) if p.startswith(".")]  # no half-written temporaries
     monkeypatch.undo()
 
-    assert train.main(_args(demo_root, save, "--epochs", "3", "--resume")) == 0
+    assert train.main(_args(demo_root, save, "--epochs", "3", "--resume", "--tensorboard")) == 0
+    for name in ("best.keras", "last.keras", "log.csv", "curves.png", "config.yaml", "resume.json"):
+        assert (save / name).is_file(), name
+    assert (save / "tensorboard").is_dir()
     rows = _csv(save / "log.csv")
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    for key in ("loss", "box_loss", "obj_loss", "cls_loss", "lr", "val_map50"):
+        assert all(np.isfinite(float(r[key])) for r in rows), key
+    config = load_yaml(save / "config.yaml")
+    assert config["backbone"] == "squeezenet" and config["input_size"] == [128]
+    model, meta = ck.load_detector(save / "best.keras")
+    assert meta["class_names"] == (demo_root / "demo_classes.txt").read_text().split()
+    assert tuple(meta["input_shape"]) == (128, 128) and model.outputs[0].shape[-1] == 3 * (5 + 4)
+    # a new run into the same folder must not silently overwrite it
+    assert train.main(_args(demo_root, save, "--epochs", "1")) == 2
     assert json.loads((save / "resume.json").read_text())["epoch"] == 3
     assert (save / "last.keras").read_bytes() != last
     # the learning-rate schedule continued from its position: each epoch's last step is at

@@ -57,7 +57,23 @@ def test_bad_input_size_and_unknown_backbone_are_clear_errors():
         yolo_body((320, 320), NUM_CLASSES, backbone="mobilenetv2", alpha=0.3)
 
 
-@pytest.mark.parametrize("backbone", available_backbones())
+# One backbone per distinct set of layer types (the neck and heads are the same for all):
+# keras.applications with Rescaling (v2), with MobileNetV3's own preprocessing and hard-swish
+# (v3small), with Normalization (densenet121); ChannelSlice + SE (ghostnet); grouped convs and
+# avg-pool shortcuts (shufflenetv1); ChannelShuffle (shufflenetv2); fire modules with bypass
+# Add (squeezenet_bypass); Mish (cspdarknet53). Every backbone module also round-trips its own
+# custom blocks in its own test file.
+ROUND_TRIP = ["mobilenetv2", "mobilenetv3small", "densenet121", "ghostnet", "shufflenetv1", "shufflenetv2",
+              "squeezenet_bypass", "cspdarknet53"]
+
+
+def test_round_trip_set_covers_every_family():
+    from nets.backbones import get_spec
+    modules = {get_spec(b).builder.__module__ for b in available_backbones()}
+    assert modules == {get_spec(b).builder.__module__ for b in ROUND_TRIP}
+
+
+@pytest.mark.parametrize("backbone", ROUND_TRIP)
 def test_keras_round_trip_safe_mode_same_outputs(backbone, tmp_path):
     # the narrowest width of each family keeps this fast; the layers are the same at any alpha
     model = yolo_body((128, 128), NUM_CLASSES, backbone=backbone, alpha=min(get_spec(backbone).alphas))
