@@ -169,6 +169,19 @@ class Runtime:
                     f"{self.input_hw[0]}x{self.input_hw[1]} needs {w[0]}x{w[1]}: a file of another model")
 
 
+    def set_output_names(self, shapes_by_name: dict) -> None:
+        """Pick the output order from ``{name: shape}``: the end-to-end names, or the raw heads
+        sorted stride 32, 16, 8 and checked against the metadata."""
+        if self.end_to_end:
+            missing = [k for k in E2E_OUTPUTS if k not in shapes_by_name]
+            if missing:
+                raise RuntimeLoadError(f"{self.path}: metadata says end-to-end but the outputs lack {', '.join(missing)}")
+            self._names = list(E2E_OUTPUTS)
+        else:
+            self._names = _order_by_stride(list(shapes_by_name), lambda k: shapes_by_name[k])
+            self.check_outputs([shapes_by_name[k] for k in self._names])
+
+
 def _order_by_stride(arrays_or_shapes, shape_of=lambda a: a.shape):
     """Raw outputs sorted stride 32, 16, 8 (coarsest grid first), whatever order the file lists them in."""
     return sorted(arrays_or_shapes, key=lambda a: int(np.prod([v or 0 for v in shape_of(a)[-3:-1]])))
@@ -267,14 +280,7 @@ class TFLiteRuntime(Runtime):
         if self.input_dtype == np.uint8:
             self.meta.setdefault("input", {})["quantization"] = [float(scale) or 1.0, int(zero)]
         self._quant = {k: d.get("quantization", (0.0, 0)) for k, d in outputs.items()}
-        if self.end_to_end:
-            missing = [k for k in E2E_OUTPUTS if k not in outputs]
-            if missing:
-                raise RuntimeLoadError(f"{path}: metadata says end-to-end but the outputs lack {', '.join(missing)}")
-            self._names = list(E2E_OUTPUTS)
-        else:
-            self._names = [k for k in _order_by_stride(list(outputs), lambda k: tuple(outputs[k]["shape"]))]
-            self.check_outputs([tuple(outputs[k]["shape"]) for k in self._names])
+        self.set_output_names({k: tuple(d["shape"]) for k, d in outputs.items()})
 
     def _dequantize(self, name, value):
         scale, zero = self._quant.get(name, (0.0, 0))
@@ -315,14 +321,7 @@ class OnnxRuntime(Runtime):
         self.input_dtype = np.dtype(np.uint8 if "uint8" in inputs[0].type else np.float32)
         outputs = {o.name: tuple(v if isinstance(v, int) else None for v in o.shape)
                    for o in self.session.get_outputs()}
-        if self.end_to_end:
-            missing = [k for k in E2E_OUTPUTS if k not in outputs]
-            if missing:
-                raise RuntimeLoadError(f"{path}: metadata says end-to-end but the outputs lack {', '.join(missing)}")
-            self._names = list(E2E_OUTPUTS)
-        else:
-            self._names = _order_by_stride(list(outputs), lambda k: outputs[k])
-            self.check_outputs([outputs[k] for k in self._names])
+        self.set_output_names(outputs)
 
     def __call__(self, batch):
         out = self.session.run(self._names, {self._input_name: self.prepare(batch)})
