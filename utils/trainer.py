@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -174,11 +175,13 @@ def run(args) -> dict:
         init_head_biases(body, len(class_names), hw, anchors)
         if args.weights and not state:
             if args.weights.endswith(".keras"):
+                # the shape-checked loader reads .weights.h5; go through one in a temporary
+                # folder so nothing is left in the run folder, even when loading fails
                 src, _ = load_detector(args.weights)
-                tmp = os.path.join(save_dir, ".init.weights.h5")
-                src.save_weights(tmp)
-                skipped = load_weights(body, tmp, skip_mismatch=True)
-                os.remove(tmp)
+                with tempfile.TemporaryDirectory() as tmpdir:
+                    tmp = os.path.join(tmpdir, "init.weights.h5")
+                    src.save_weights(tmp)
+                    skipped = load_weights(body, tmp, skip_mismatch=True)
             else:
                 skipped = load_weights(body, args.weights, skip_mismatch=True)
             _log(f"initialised from {args.weights}; skipped {len(skipped)} layers whose shapes differ"
