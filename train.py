@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--alpha", type=float, default=1.0, help="backbone width multiplier (family-specific values)")
     m.add_argument("--backbone-weights", default="none",
                    help="imagenet (keras.applications families, needs network) | none | PATH to a backbone .weights.h5")
+    m.add_argument("--neck-shortcut", action=argparse.BooleanOptionalAction, default=True,
+                   help="residual five-conv blocks in the neck (default on; --no-neck-shortcut = the plain "
+                        "reference neck, which barely trains from scratch: see nets/yolo.py)")
     m.add_argument("--weights", help="initialise from a full checkpoint (.keras or .weights.h5); layers whose shape "
                                      "differs (e.g. heads for another class count) are skipped and listed")
 
@@ -55,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8, help="batch size of the unfrozen phase (global, over replicas)")
     s.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw", help="optimizer (default adamw)")
     s.add_argument("--lr", type=float, default=None,
-                   help="learning rate at --nominal-batch; scaled linearly to the phase's batch size "
-                        "(default 1e-2 for sgd, 4e-3 for adam/adamw)")
+                   help="learning rate at --nominal-batch, scaled to each phase's batch size: linearly for "
+                        "sgd, by the square root for adam/adamw (default 1e-2 for sgd, 2e-2 for adam/adamw)")
     s.add_argument("--nominal-batch", type=int, default=64, help="batch size at which --lr applies (default 64)")
     s.add_argument("--min-lr-ratio", type=float, default=0.01, help="final learning rate as a fraction of the start")
     s.add_argument("--lr-schedule", choices=["cos", "step"], default="cos", help="decay after warm-up")
@@ -75,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--obj-target", choices=["iou", "one"], default="iou",
                    help="objectness target of positives: iou (IoU-aware, YOLOv5) or one (YOLOv3/v4)")
     s.add_argument("--ignore-thresh", type=float, default=0.5, help="negatives above this IoU with a box are ignored")
+    s.add_argument("--neighbor-cells", action=argparse.BooleanOptionalAction, default=True,
+                   help="also assign each box to the 2 neighbour cells nearest its centre (YOLOv5; default on; "
+                        "--no-neighbor-cells = YOLOv4's centre cell only)")
     s.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="training augmentation (jitter, flip, HSV); --no-augment gives letterbox only")
     s.add_argument("--mosaic", action=argparse.BooleanOptionalAction, default=True, help="mosaic augmentation")
@@ -100,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEMO_DEFAULTS = {"input_size": [256], "backbone": "mobilenetv2", "alpha": 0.5, "epochs": 15, "batch_size": 8,
-                 "eval_every": 5, "lr": 8e-3, "warmup_epochs": 1.0, "save_dir": os.path.join("runs", "train", "demo")}
+                 "eval_every": 5, "warmup_epochs": 1.0, "save_dir": os.path.join("runs", "train", "demo")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args = parse_with_config(build_parser(), argv)
         args.resume = True
     if args.lr is None:
-        args.lr = 1e-2 if args.optimizer == "sgd" else 4e-3
+        args.lr = 1e-2 if args.optimizer == "sgd" else 2e-2
     if args.freeze_epochs is None:
         pretrained = args.backbone_weights not in (None, "none") or bool(args.weights)
         args.freeze_epochs = args.epochs // 2 if pretrained else 0

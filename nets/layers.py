@@ -70,12 +70,18 @@ def _regularizer(weight_decay: float):
 
 
 def apply_conv_bn(x, filters: int, kernel_size=1, strides=1, activation="relu6", groups=1,
-                  weight_decay: float = 0.0, *, name: str):
-    """Conv2D (no bias) + BatchNorm + activation (None for linear)."""
+                  weight_decay: float = 0.0, *, name: str, zero_gamma: bool = False):
+    """Conv2D (no bias) + BatchNorm + activation (None for linear).
+
+    ``zero_gamma``: start the BN scale at 0, so a residual branch ending here is the identity
+    at initialisation (Goyal et al. 2017); use it with ``activation=None``, since relu6 has
+    no gradient at exactly 0 and the branch would stay dead.
+    """
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", groups=groups,
                       use_bias=False, kernel_regularizer=_regularizer(weight_decay),
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPS, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPS, momentum=BN_MOMENTUM,
+                                  gamma_initializer="zeros" if zero_gamma else "ones", name=f"{name}_bn")(x)
     if activation:
         x = layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x

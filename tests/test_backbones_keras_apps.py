@@ -236,3 +236,18 @@ def test_cached_imagenet_weights_load_for_any_input_size(offline_keras_cache):
     # A square input of a size keras has its own file for asks for that file instead.
     with pytest.raises(BackboneWeightsError, match=r"kernels_0\.5_160_no_top\.h5"):
         ka.build_mobilenetv2(keras.Input((160, 160, 3)), 0.5, "imagenet")
+
+
+def test_batchnorm_momentum_is_the_projects_and_is_used():
+    # MobileNetV2/V3 ship momentum 0.999: moving statistics that lag ~1000 steps, so a model
+    # trained from scratch for a few hundred steps evaluated far from how it trained.
+    inputs = keras.Input((64, 64, 3))
+    model = keras.Model(inputs, ka.build_mobilenetv2(inputs, 0.35))
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and {bn.momentum for bn in bns} == {0.97}
+    assert {bn.get_config()["momentum"] for bn in bns} == {0.97}
+    bn = bns[0]
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    batch_mean = np.asarray(keras.Model(inputs, bn.input)(x)).mean(axis=(0, 1, 2))
+    model(x, training=True)  # one update from the initial moving mean 0
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), (1 - 0.97) * batch_mean, rtol=1e-4, atol=1e-6)

@@ -48,6 +48,17 @@ def test_yaml_config_and_command_line_override(tmp_path):
     assert train.main(["--config", str(tmp_path / "nope.yaml")]) == 2
 
 
+def test_learning_rate_scaling_rules():
+    from utils.trainer import scaled_lr
+    assert scaled_lr(1e-2, "sgd", 16, 64) == pytest.approx(2.5e-3)  # linear
+    assert scaled_lr(8e-3, "adamw", 16, 64) == pytest.approx(4e-3)  # square root
+    assert scaled_lr(8e-3, "adam", 64, 64) == pytest.approx(8e-3)
+    args = train.parse_args([])
+    assert (args.optimizer, args.lr, args.neck_shortcut, args.neighbor_cells) == ("adamw", 2e-2, True, True)
+    args = train.parse_args(["--no-neck-shortcut", "--no-neighbor-cells", "--optimizer", "sgd"])
+    assert (args.lr, args.neck_shortcut, args.neighbor_cells) == (1e-2, False, False)
+
+
 def test_no_dataset_says_so_and_offers_the_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert train.main(["--epochs", "1", "--save-dir", str(tmp_path / "run")]) == 2
@@ -95,7 +106,7 @@ def test_interrupt_mid_epoch_then_resume_continues_and_writes_every_output(demo_
     assert (save / "last.keras").read_bytes() != last
     # the learning-rate schedule continued from its position: each epoch's last step is at
     # epoch + 1/2 (two steps per epoch) of warm-up then cosine, before and after the resume
-    base = 4e-3 * 4 / 64  # adamw default lr at nominal batch 64, scaled to batch 4
+    base = 2e-2 * (4 / 64) ** 0.5  # adamw default lr at nominal batch 64, square-root scaled to batch 4
     want = [lr_at(e + 0.5, 3, base, base * 0.01, 2.0) for e in range(3)]
     np.testing.assert_allclose([float(r["lr"]) for r in rows], want, rtol=1e-5)
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import keras
+import tensorflow as tf
 
 from nets.backbones import available_backbones, get_spec
 from nets.summary import conv_flops, format_rows, main as summary_main
@@ -159,3 +160,24 @@ def test_summary_command_prints_a_row_per_backbone(capsys):
     table = format_rows([{"backbone": "x", "alpha": 1.0, "params": 2e6, "gflops": 1.5,
                           "heads": [(1, 1, 3)] * 3}], markdown=True)
     assert table.splitlines()[2] == "| x | 1 | 2.00 | 1.50 | 1x1x3 | 1x1x3 | 1x1x3 |"
+
+
+def test_neck_shortcut_starts_as_identity_and_adds_no_weights():
+    model = yolo_body((128, 128), NUM_CLASSES, backbone="squeezenet", alpha=0.5)  # shortcut on by default
+    plain = yolo_body((128, 128), NUM_CLASSES, backbone="squeezenet", alpha=0.5, neck_shortcut=False)
+    assert model.count_params() == plain.count_params()
+    adds = sorted(l.name for l in model.layers if isinstance(l, keras.layers.Add) and l.name.startswith("neck_"))
+    assert adds == sorted(f"neck_{b}_{c}_add" for b in ("p3", "p4", "n4", "n5") for c in ("c3", "c5"))
+    assert not any(isinstance(l, keras.layers.Add) and l.name.startswith("neck_") for l in plain.layers)
+    # the residual branches end in a zero-scale BN: at initialisation a block is its first 1x1
+    probe = keras.Model(model.input, [model.get_layer("neck_n4_c1_relu6").output,
+                                      model.get_layer("neck_n4_c5_add").output])
+    x = np.random.default_rng(0).uniform(0, 255, (2, 128, 128, 3)).astype(np.float32)
+    first, block = (np.asarray(t) for t in probe(x, training=False))
+    assert first.std() > 0
+    np.testing.assert_allclose(block, first, atol=1e-6)
+    # ... but the branch is live: one gradient step moves the zero-initialised scales
+    gamma = model.get_layer("neck_n4_c5_bn").gamma
+    with tf.GradientTape() as tape:
+        loss = sum(tf.reduce_sum(tf.square(o)) for o in model(x, training=True))
+    assert float(tf.norm(tape.gradient(loss, gamma))) > 0

@@ -117,13 +117,14 @@ class TrainDataset(keras.utils.PyDataset):
       augment: AugmentConfig (defaults: YOLOv4 jitter/scale/HSV, mosaic 0.5, mixup 0.5,
         mosaic_fraction 0.7); ``augment=False`` gives letterbox only (no randomness but
         the shuffle).
+      neighbor_cells: YOLOv5 neighbour-cell assignment in the targets (utils.targets; default on).
       num_parallel: parallel samples for ``as_tf_dataset`` (default 2) and PyDataset
         workers when used as one (set ``workers``/``use_multiprocessing`` via kwargs).
     """
 
     def __init__(self, records, num_classes, input_hw=416, batch_size=8, anchors=None, seed=0,
                  augment=None, max_boxes=100, iou_thresh=DEFAULT_IOU_THRESH, shuffle=True,
-                 drop_remainder=False, num_parallel=2, reader=None, **pydataset_kwargs):
+                 drop_remainder=False, num_parallel=2, reader=None, neighbor_cells=True, **pydataset_kwargs):
         super().__init__(**pydataset_kwargs)
         self.input_hw = parse_input_hw(input_hw)
         self.num_classes = int(num_classes)
@@ -139,6 +140,7 @@ class TrainDataset(keras.utils.PyDataset):
         self.records = self.loader.records
         self.max_boxes = int(max_boxes)
         self.iou_thresh = float(iou_thresh)
+        self.neighbor_cells = bool(neighbor_cells)
         self.shuffle = shuffle
         self.drop_remainder = drop_remainder
         self.num_parallel = int(num_parallel)
@@ -195,7 +197,7 @@ class TrainDataset(keras.utils.PyDataset):
         """(image uint8, y32, y16, y8, gt_boxes) of one sample."""
         image, boxes, labels = self.sample(position)
         y_true, gt = build_targets(boxes, labels, self.input_hw, self.anchors, self.num_classes,
-                                   self.iou_thresh, self.max_boxes)
+                                   self.iou_thresh, self.max_boxes, self.neighbor_cells)
         return (image, *y_true, gt)
 
     def batch(self, index):
