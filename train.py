@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="keep an exponential moving average of the weights (Keras optimizer EMA); "
                         "evaluation and checkpoints use it")
-    s.add_argument("--ema-momentum", type=float, default=0.99, help="EMA momentum")
+    s.add_argument("--ema-momentum", type=float, default=0.99,
+                   help="EMA momentum, reached after a warm-up: min(m, (1 + t) / (10 + t)) at step t")
     s.add_argument("--label-smoothing", type=float, default=0.0, help="class label smoothing eps")
     s.add_argument("--focal-gamma", type=float, default=0.0, help="focal loss gamma on objectness (0 = BCE)")
     s.add_argument("--obj-target", choices=["iou", "one"], default="iou",

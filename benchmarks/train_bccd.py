@@ -1,11 +1,15 @@
 """Accuracy benchmark: train from scratch on BCCD train, evaluate on BCCD test.
 
     python benchmarks/train_bccd.py                       # mobilenetv2 alpha 1.0, 416x416, 30 epochs
+    python benchmarks/train_bccd.py -- --anchors model_data/bccd_anchors.txt --eval-every 5   # as recorded
     python benchmarks/train_bccd.py --epochs 5 --input-size 320 -- --optimizer sgd   # extra train.py options after --
 
 Trains with train.py's own code (no ImageNet weights), evaluates best.keras on the test
 split with eval_map.py's code, measures the images/s of a bare training step at batch 8,
 prints everything and records it in docs/benchmarks.md (section "BCCD from scratch").
+The run folder (--save-dir, default runs/bench/bccd) keeps train.py's resume state: a run
+that was stopped continues with ``-- --resume``. Its best.keras is what
+benchmarks/export_map.py exports and evaluates.
 """
 from __future__ import annotations
 

@@ -59,6 +59,25 @@ def test_learning_rate_scaling_rules():
     assert (args.lr, args.neck_shortcut, args.neighbor_cells) == (1e-2, False, False)
 
 
+def test_ema_momentum_warms_up_like_tf_moving_average():
+    import keras
+    from utils.trainer import with_ema_warmup
+
+    v = keras.Variable(np.zeros(3, np.float32))
+    opt = with_ema_warmup(keras.optimizers.SGD)(learning_rate=0.1, use_ema=True, ema_momentum=0.9)
+    opt.build([v])
+    value, average = np.zeros(3), np.zeros(3)
+    for t in range(30):  # NumPy reference: min(0.9, (1 + t) / (10 + t)) at step t
+        opt.apply_gradients([(np.ones(3, np.float32), v)])
+        value = value - 0.1
+        m = min(0.9, (1 + t) / (10 + t))
+        average = m * average + (1 - m) * value
+    np.testing.assert_allclose(v.numpy(), value, rtol=1e-5)
+    opt.finalize_variable_values([v])  # Keras writes the average into the variable
+    np.testing.assert_allclose(v.numpy(), average, rtol=1e-5)
+    assert type(opt).__name__ == "SGD"
+
+
 def test_no_dataset_says_so_and_offers_the_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert train.main(["--epochs", "1", "--save-dir", str(tmp_path / "run")]) == 2

@@ -69,18 +69,54 @@ def resolve_data(args):
 
 # ----------------------------------------------------------------------------- model
 
+def ema_warmup_momentum(step, momentum: float):
+    """EMA momentum at optimizer step ``step`` (0-based): min(momentum, (1 + t) / (10 + t)),
+    the ``num_updates`` rule of tf.train.ExponentialMovingAverage. Works on floats and tensors."""
+    from keras import ops
+    t = ops.cast(step, "float32")
+    return ops.minimum(float(momentum), (1.0 + t) / (10.0 + t))
+
+
+def with_ema_warmup(optimizer_class):
+    """``optimizer_class`` whose Keras EMA warms its momentum up (:func:`ema_warmup_momentum`).
+
+    Why: Keras' optimizer EMA uses the full momentum from the first step; at 0.99 the average
+    lags ~100 steps, and it runs with the batch-norm statistics of the current weights (Keras
+    averages trainable variables only). In a short run from scratch that ruins it: on BCCD
+    after 12 epochs (300 steps) the raw weights scored val mAP@0.5 0.742 and the EMA weights
+    0.408. With the warm-up the average spans ~t/9 steps until it reaches the set momentum
+    (YOLOv5's ModelEMA ramps its decay for the same reason). Overrides the one Keras method
+    that updates the average (BaseOptimizer._update_model_variables_moving_average, called
+    once per step before the iteration counter moves); nothing else changes.
+    """
+    from keras import ops
+
+    class EmaWarmup(optimizer_class):
+        def _update_model_variables_moving_average(self, trainable_variables):
+            if not self.use_ema:
+                return
+            momentum = ema_warmup_momentum(self.iterations, self.ema_momentum)
+            for var, average in zip(trainable_variables, self._model_variables_moving_average):
+                if average is not None:
+                    m = ops.cast(momentum, var.dtype)
+                    average.assign(ops.add(ops.multiply(m, average), ops.multiply(ops.subtract(1.0, m), var)))
+
+    EmaWarmup.__name__ = EmaWarmup.__qualname__ = optimizer_class.__name__
+    return EmaWarmup
+
+
 def make_optimizer(args, lr):
     import keras
 
     common = dict(learning_rate=lr, use_ema=args.ema, ema_momentum=args.ema_momentum,
                   weight_decay=args.weight_decay or None, clipnorm=args.clipnorm or None)
     if args.optimizer == "sgd":
-        opt = keras.optimizers.SGD(momentum=args.momentum, nesterov=True, **common)
+        opt = with_ema_warmup(keras.optimizers.SGD)(momentum=args.momentum, nesterov=True, **common)
     elif args.optimizer == "adam":
         common.pop("weight_decay")
-        opt = keras.optimizers.Adam(beta_1=args.momentum, **common)
+        opt = with_ema_warmup(keras.optimizers.Adam)(beta_1=args.momentum, **common)
     elif args.optimizer == "adamw":
-        opt = keras.optimizers.AdamW(beta_1=args.momentum, **common)
+        opt = with_ema_warmup(keras.optimizers.AdamW)(beta_1=args.momentum, **common)
     else:
         raise TrainError(f"unknown optimizer {args.optimizer!r}; valid: sgd, adam, adamw")
     if args.weight_decay and args.optimizer != "adam":
