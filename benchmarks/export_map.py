@@ -54,7 +54,7 @@ def main(argv=None):
             res = evaluate_records(det, test)
             per_class = [c["ap"] for c in res["per_class"]]
             keras_map = res["map"] if keras_map is None else keras_map
-            rows.append((fmt, res["map"], res["coco"]["map"], per_class, os.path.getsize(path) if os.path.isfile(path)
+            rows.append((fmt, res["map"], res["coco"]["map_50_95"], per_class, os.path.getsize(path) if os.path.isfile(path)
                          else None, det.class_names))
     names = rows[0][5]
     lines = [f"{'format':12s} {'mAP@0.5':>8s} {'vs keras':>9s} {'mAP@.5:.95':>10s} "

@@ -38,6 +38,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--save-dir", default=str(ROOT / "runs" / "bench" / "bccd"))
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="skip training: evaluate the finished run in --save-dir (wall time from its files' times)")
+    p.add_argument("--note", default="", help="a sentence recorded with the figures (e.g. which commit trained)")
     p.add_argument("--no-record", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args(own)
     if not (BCCD / "Annotations").is_dir():
@@ -49,14 +52,19 @@ def main(argv=None):
     from utils.voc import load_voc
 
     hw = (args.input_size, args.input_size)
-    t0 = time.time()
-    rc = train.main(["--root", str(BCCD), "--classes", str(ROOT / "model_data" / "bccd_classes.txt"),
-                     "--input-size", str(args.input_size), "--backbone", args.backbone, "--alpha", str(args.alpha),
-                     "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                     "--save-dir", args.save_dir, "--exist-ok", "--verbose", "2", *extra])
-    wall = time.time() - t0
-    if rc != 0:
-        sys.exit(f"training failed (exit {rc})")
+    if args.evaluate_only:
+        # config.yaml is written when the run starts, log.csv after its last epoch
+        wall = (os.path.getmtime(os.path.join(args.save_dir, "log.csv"))
+                - os.path.getmtime(os.path.join(args.save_dir, "config.yaml")))
+    else:
+        t0 = time.time()
+        rc = train.main(["--root", str(BCCD), "--classes", str(ROOT / "model_data" / "bccd_classes.txt"),
+                         "--input-size", str(args.input_size), "--backbone", args.backbone, "--alpha", str(args.alpha),
+                         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+                         "--save-dir", args.save_dir, "--exist-ok", "--verbose", "2", *extra])
+        wall = time.time() - t0
+        if rc != 0:
+            sys.exit(f"training failed (exit {rc})")
     with open(os.path.join(args.save_dir, "log.csv")) as f:
         epochs_done = len(list(csv.DictReader(f)))
     det = Detector.from_file(os.path.join(args.save_dir, "best.keras"))
@@ -64,15 +72,18 @@ def main(argv=None):
     res = evaluate_records(det, test)
     from benchmarks.train_step import step_throughput
     ips, _ = step_throughput(args.backbone, args.alpha, args.input_size, args.batch_size)
-    per_class = {c: res["per_class"][i]["ap"] if isinstance(res["per_class"], list) else None
-                 for i, c in enumerate(det.class_names)}
     lines = [f"{args.backbone} alpha {args.alpha:g}, {hw[0]}x{hw[1]}, {epochs_done} epochs from scratch "
              f"(no ImageNet weights), batch {args.batch_size}, extra options: {' '.join(extra) or 'none'}",
              f"BCCD test ({len(test)} images): mAP@0.5 = {res['map']:.4f}, "
-             f"COCO mAP@[.5:.95] = {res['coco']['map']:.4f}" if res.get("coco") else f"mAP@0.5 = {res['map']:.4f}",
+             f"COCO mAP@[.5:.95] = {res['coco']['map_50_95']:.4f}" if res.get("coco") else f"mAP@0.5 = {res['map']:.4f}",
              "", *format_table(res, det.class_names).splitlines(), "",
              f"wall time {wall / 60:.1f} min for training incl. in-loop evaluation: {wall / max(epochs_done, 1):.1f} s/epoch",
              f"bare training step at batch {args.batch_size}: {ips:.1f} images/s"]
+    if args.evaluate_only:
+        lines.insert(0, f"(--evaluate-only: the run in {os.path.relpath(args.save_dir, ROOT)} was trained earlier "
+                        "by the same command without --evaluate-only)")
+    if args.note:
+        lines.insert(0, args.note)
     print("\n".join(lines))
     if not args.no_record:
         from benchmarks._record import command_line, record
