@@ -16,6 +16,7 @@ import datetime
 import os
 import pathlib
 import platform
+import shlex
 import subprocess
 import sys
 from typing import Sequence, Union
@@ -52,7 +53,7 @@ def load_average() -> str:
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:
     """``python benchmarks/<script> <args>`` as the user typed it (``argv`` None: sys.argv)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return " ".join(["python", f"benchmarks/{script}", *args])
+    return " ".join(["python", f"benchmarks/{script}", *(shlex.quote(a) for a in args)])
 
 
 def section_text(title: str, command: str, blocks: Sequence[Block], when: str | None = None) -> str:
