@@ -185,6 +185,14 @@ def test_neighbor_cells_hand_case():
     assert assigned_entries(y_true) == [(1, 9, 6, 0)]
 
 
+def test_neighbor_cells_stay_on_the_grid_for_centres_outside_the_image():
+    # 32x32 input: one cell at stride 32 (a 400x400 box matches anchor 6 only); centres left
+    # of / right of the image: the neighbour would be cell 1 / -1 without the clip
+    for cx in (-10.0, 45.0):
+        y_true, _ = build_targets([box(cx, 16, 400, 400)], [0], (32, 32), SEP_ANCHORS, 1, neighbor_cells=True)
+        assert assigned_entries(y_true) == [(0, 0, 0, 0)]
+
+
 def test_neighbor_cells_never_displace_a_centre_cell():
     # b's centre cell is a's lower neighbour: b keeps it although a matches the anchor better
     a, b = box(104, 108, 36, 36), box(104, 120, 40, 40)
