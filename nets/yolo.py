@@ -22,8 +22,8 @@ head back to the backbone is ~45 conv-BN-ReLU layers with no skip, where batch n
 gradients grow layer by layer (Yang et al. 2019): at initialisation the backbone's first conv
 got ~10^5 times the gradient norm of the heads (~3x10^3 with the shortcut), and trained from
 scratch on the demo set the model learned almost nothing in 300 steps (val mAP@0.5 0.018;
-with the shortcut 0.319 at the same budget: benchmarks/recipe_ablation.py). Same parameters and nearly the
-same FLOPs; ``neck_shortcut=False`` builds the plain reference neck.
+with the shortcut 0.319 at the same budget: benchmarks/recipe_ablation.py). Same parameters
+and nearly the same FLOPs; ``neck_shortcut=False`` builds the plain reference neck.
 """
 from __future__ import annotations
 

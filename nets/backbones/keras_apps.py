@@ -231,8 +231,8 @@ def _set_bn_momentum(model: keras.Model) -> None:
 
     MobileNetV2/V3 use 0.999, a moving-average horizon of ~1000 steps: trained from scratch
     for a few hundred steps, their moving statistics are still mostly the initial (0, 1), so
-    the model evaluates (inference-mode BN) far worse than it trains -- BCCD/demo runs from
-    scratch scored mAP ~0.001 with training losses that had fallen. 0.97 is what every other
+    the model evaluates (inference-mode BN) far worse than it trains; one of the causes of
+    from-scratch runs scoring mAP@0.5 ~0.001 (README, "Training from scratch"). 0.97 is what every other
     layer of the detector uses (YOLOv5's BN momentum 0.03). The attribute is read in call()
     and saved by get_config, so a reloaded model keeps it.
     """
