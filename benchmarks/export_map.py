@@ -43,23 +43,24 @@ def main(argv=None):
     from utils.predictor import Detector
     from utils.voc import load_voc
 
-    rows, keras_map = [], None
+    rows = []  # (format, mAP@0.5, COCO mAP, per-class AP@0.5, file size); the Keras model first
     with tempfile.TemporaryDirectory() as tmp:
         results = export_detector(args.weights, tmp, formats=args.formats, calib_root=str(BCCD),
                                   calib_split="train", calib_images=args.calib_images, log=lambda *a: None)
         paths = [("keras", args.weights)] + [(r.format, r.path) for r in results if r.variant == "raw"]
+        names = test = None
         for fmt, path in paths:
             det = Detector.from_file(path)
-            test = load_voc(str(BCCD), "test", det.class_names, log=None)
+            if test is None:  # every export carries the Keras model's class list
+                names = det.class_names
+                test = load_voc(str(BCCD), "test", names, log=None)
             res = evaluate_records(det, test)
-            per_class = [c["ap"] for c in res["per_class"]]
-            keras_map = res["map"] if keras_map is None else keras_map
-            rows.append((fmt, res["map"], res["coco"]["map_50_95"], per_class, os.path.getsize(path) if os.path.isfile(path)
-                         else None, det.class_names))
-    names = rows[0][5]
+            rows.append((fmt, res["map"], res["coco"]["map_50_95"], [c["ap"] for c in res["per_class"]],
+                         os.path.getsize(path) if os.path.isfile(path) else None))
+    keras_map = rows[0][1]
     lines = [f"{'format':12s} {'mAP@0.5':>8s} {'vs keras':>9s} {'mAP@.5:.95':>10s} "
              + " ".join(f"{n:>9s}" for n in names) + f" {'size MB':>8s}"]
-    for fmt, m50, coco, per_class, size, _ in rows:
+    for fmt, m50, coco, per_class, size in rows:
         lines.append(f"{fmt:12s} {m50:8.4f} {100 * (m50 - keras_map):+8.2f}p {coco:10.4f} "
                      + " ".join(f"{ap:9.4f}" for ap in per_class)
                      + f" {size / 1e6 if size else float('nan'):8.1f}")
