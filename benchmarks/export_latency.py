@@ -5,7 +5,8 @@
 For each backbone: yolo_body with random weights whose BatchNorm statistics are set from a
 few letterboxed BCCD images (utils.export.set_batchnorm_stats; untrained logits would be
 ~1e-7 and every parity figure meaningless), exported by utils.export.export_model (int8
-calibrated on --calib-images letterboxed BCCD train images), then each artifact loaded through
+calibrated on --calib-images letterboxed BCCD train images, in both modes: output convolutions
+in float32, export.py's default, and full-integer), then each artifact loaded through
 utils.runtime and timed on one letterboxed image: --warmup untimed runs, then the median
 (and 90th percentile) of --runs timed runs of the network alone (raw heads, no decode/NMS).
 Keras = the model in one compiled tf.function without XLA (XLA makes depthwise convolutions
@@ -17,6 +18,7 @@ load average, since the CPUs may be shared.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import pathlib
@@ -68,7 +70,11 @@ def bench_backbone(backbone, alpha, args, images, calib, log):
         keras_path = save_detector(body, os.path.join(tmp, "model.keras"), meta)
         t0 = time.perf_counter()
         results = export_model(body, meta, tmp, ["tflite-fp32", "tflite-int8", "onnx"], stem="model",
-                               calibration=calib, log=log)
+                               calibration=calib, log=log)  # int8: float heads, export.py's default
+        if args.full_int8:
+            full = export_model(body, meta, os.path.join(tmp, "full"), ["tflite-int8"], stem="model",
+                                calibration=calib, int8_heads="int8", log=log)
+            results += [dataclasses.replace(r, format=r.format + " full") for r in full]
         log(f"{backbone}: exported in {time.perf_counter() - t0:.0f} s")
         batch = images[:1].astype(np.uint8)
         runtimes = [("keras (tf.function)", KerasRuntime(keras_path, body, meta), os.path.getsize(keras_path), None)]
@@ -92,6 +98,8 @@ def main(argv=None):
     p.add_argument("--calib-images", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--no-full-int8", dest="full_int8", action="store_false",
+                   help="skip the full-integer int8 file (int8 heads, uint8 input; exported besides the default one)")
     p.add_argument("--no-record", action="store_true")
     a = p.parse_args(argv)
 
@@ -114,7 +122,8 @@ def main(argv=None):
 
     lines = [f"batch 1, {hw[0]}x{hw[1]}, {a.num_classes} classes, random weights (BN statistics from BCCD images), "
              f"median and p90 of {a.runs} runs after {a.warmup} warm-up, network only (raw heads); int8 calibrated "
-             f"on {len(calib)} letterboxed BCCD train images, uint8 input, int8 outputs; parity = max |diff| of the "
+             f"on {len(calib)} letterboxed BCCD train images (tflite-int8: output convolutions in float32, float input "
+             "and outputs, export.py's default; tflite-int8 full: full-integer, uint8 input, int8 outputs); parity = max |diff| of the "
              "raw logits vs Keras on 4 BCCD images; MB = file size (keras: the .keras file)"]
     header = ("model", "runtime", "median ms", "p90 ms", "MB", "max |diff| vs keras")
     table = [header] + [(m, r, f"{med:.1f}", f"{p90:.1f}", f"{mb:.1f}", "-" if d is None else f"{d:.1e}")

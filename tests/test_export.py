@@ -2,11 +2,12 @@
 
 One yolo_body (mobilenetv2 alpha 0.5, 128x128, BN statistics from the demo images so its
 outputs are O(1)) is exported once per module as SavedModel, TFLite fp32 and int8, and ONNX;
-fp16 and the end-to-end variants use a few-layer stand-in body (same input and outputs)
+fp16, full-integer int8 and the end-to-end variants use a few-layer stand-in body (same input and outputs)
 because each conversion of yolo_body takes 10-20 s on the CI machine, and neither the float16
 storage nor the post-processing graph depends on the body. Tolerances: float32 formats 1e-4
 (max abs diff of the raw logits, |logits| ~ 1); fp16 (weights stored as float16, ~3
-significant digits) 1e-2 x max |logit|; int8 only correlates (256 levels per tensor).
+significant digits) 1e-2 x max |logit|; int8 only correlates (256 levels per tensor); the
+default int8 file keeps its output convolutions in float32, the full-integer one does not.
 """
 import json
 import os
@@ -124,14 +125,24 @@ def test_fp16_stores_float16_weights_and_is_within_half_precision(e2e, images):
     assert results[("tflite-fp16", "raw")].bytes < results[("tflite-fp32", "raw")].bytes
 
 
-def test_int8_takes_uint8_and_its_detections_follow_the_float_model(yolo, images, classes):
+def _weight_dtypes(path, out_channels):
+    """dtypes of a .tflite file's 1x1 conv weights with ``out_channels`` filters (OHWI), and its int8 conv weights."""
+    details = load_any(path).interpreter.get_tensor_details()
+    conv = [d for d in details if len(d["shape"]) == 4 and d["shape"][0] > 1]  # activations are (1, H, W, C)
+    heads = [d["dtype"] for d in conv if d["shape"][0] == out_channels and tuple(d["shape"][1:3]) == (1, 1)]
+    return heads, [d for d in conv if d["dtype"] == np.int8]
+
+
+def test_int8_default_keeps_the_output_convs_in_float_and_follows_the_float_model(yolo, images, classes):
     body, results = yolo
     path = results["tflite-int8"].path
     meta = json.loads(pathlib.Path(meta_path(path)).read_text())
-    assert meta["input"]["dtype"] == "uint8"
-    scale, zero = meta["input"]["quantization"]
-    assert abs(scale - 1.0) < 1e-3 and zero == 0  # [0, 255] pixels are the uint8 values themselves
-    assert all(o["dtype"] == "int8" and len(o["quantization"]) == 2 for o in meta["outputs"])
+    assert meta["input"]["dtype"] == "float32" and "quantization" not in meta["input"]
+    assert all(o["dtype"] == "float32" and "quantization" not in o for o in meta["outputs"])
+    assert meta["quantization"]["heads"].startswith("float32") and meta["quantization"]["calibration_images"] == 6
+    heads, int8_weights = _weight_dtypes(path, 27)
+    assert heads == [np.float32] * 3  # the three 1x1, 27-filter output convs stay float ...
+    assert len(int8_weights) > 50     # ... and the body's convs are int8
     assert results["tflite-int8"].bytes < 0.35 * results["tflite-fp32"].bytes
     want, got = _heads(body, images), load_any(path)(images)
     for g, w in zip(got, want):
@@ -143,6 +154,29 @@ def test_int8_takes_uint8_and_its_detections_follow_the_float_model(yolo, images
     pf, pq = det_f.infer(images), det_q.infer(images)
     overlap = [box_iou(pf[0][k], pq[0][k]).max(axis=1) for k in range(len(images))]
     assert np.mean(np.concatenate(overlap) > 0.5) > 0.6
+
+
+def test_full_int8_takes_uint8_and_float_heads_are_closer_to_float(tmp_path, classes, calib, images):
+    body = tiny_body(HW, len(classes), activation="relu")
+    kw = dict(stem="t", calibration=calib, log=lambda *a: None)
+    full, = export_model(body, _meta(classes, "tiny", 1.0), tmp_path / "full", ["tflite-int8"], int8_heads="int8", **kw)
+    mixed, = export_model(body, _meta(classes, "tiny", 1.0), tmp_path / "mixed", ["tflite-int8"], **kw)
+    meta = json.loads(pathlib.Path(full.meta_path).read_text())
+    assert meta["input"]["dtype"] == "uint8" and meta["quantization"]["heads"].startswith("int8")
+    scale, zero = meta["input"]["quantization"]
+    assert abs(scale - 1.0) < 1e-3 and zero == 0  # [0, 255] pixels are the uint8 values themselves
+    assert all(o["dtype"] == "int8" and len(o["quantization"]) == 2 for o in meta["outputs"])
+    assert _weight_dtypes(full.path, 27)[0] == [np.int8] * 3
+    want = _heads(body, images)
+    errors = {}
+    for name, r in (("full", full), ("mixed", mixed)):
+        got = load_any(r.path)(images)  # dequantized by the runtime: float32 either way
+        assert all(g.dtype == np.float32 and np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.95 for g, w in zip(got, want))
+        errors[name] = np.mean([np.abs(g - w).mean() for g, w in zip(got, want)])
+    # same calibration, so the same scales everywhere else: only the heads' rounding differs
+    assert errors["mixed"] < errors["full"]
+    with pytest.raises(ExportError, match="unknown int8 head mode 'int4'"):
+        export_model(body, _meta(classes), tmp_path / "x", ["tflite-int8"], int8_heads="int4", **kw)
 
 
 def test_detector_from_file_runs_every_raw_export_like_keras(yolo, runtimes, classes, images):
@@ -291,7 +325,7 @@ def test_calibration_images_are_letterboxed_training_images(demo, calib, classes
 
 # ----------------------------------------------------------------------------- CLI
 
-def test_cli_exports_a_saved_detector(tmp_path, classes, capsys):
+def test_cli_exports_a_saved_detector(tmp_path, classes, demo, capsys):
     weights = save_detector(tiny_body(HW, len(classes), activation="relu"), tmp_path / "tiny.keras",
                             _meta(classes, "tiny", 1.0))
     out = tmp_path / "exp"
@@ -306,6 +340,10 @@ def test_cli_exports_a_saved_detector(tmp_path, classes, capsys):
         export_cli.main(["--weights", weights, "--formats", "tflite-int8"])
     assert "needs --calib-root" in capsys.readouterr().err
     assert tuple(export_cli.FORMATS) == FORMATS
+    assert export_cli.main(["--weights", weights, "--formats", "tflite-int8", "--int8-heads", "int8", "--out-dir",
+                            str(out), "--calib-root", str(demo), "--calib-images", "3"]) == 0
+    meta = json.loads((out / "tiny_int8.tflite.json").read_text())
+    assert meta["input"]["dtype"] == "uint8" and meta["source"]["calibration"]["images"] == 3
 
 
 def test_predict_and_eval_map_take_exported_files(demo, e2e, classes, tmp_path, capsys):

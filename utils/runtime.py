@@ -240,7 +240,7 @@ class SavedModelRuntime(Runtime):
         return [o.numpy() for o in _order_by_stride(list(out))]
 
 
-def _litert_interpreter():
+def litert_interpreter():
     """LiteRT's Interpreter class: ai_edge_litert when installed, else TF's (deprecated) tf.lite one."""
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -261,7 +261,7 @@ class TFLiteRuntime(Runtime):
 
     def __init__(self, path, meta, num_threads=None):
         super().__init__(path, meta)
-        Interpreter = _litert_interpreter()
+        Interpreter = litert_interpreter()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
