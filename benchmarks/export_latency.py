@@ -123,8 +123,8 @@ def main(argv=None):
     lines = [f"batch 1, {hw[0]}x{hw[1]}, {a.num_classes} classes, random weights (BN statistics from BCCD images), "
              f"median and p90 of {a.runs} runs after {a.warmup} warm-up, network only (raw heads); int8 calibrated "
              f"on {len(calib)} letterboxed BCCD train images (tflite-int8: output convolutions in float32, float input "
-             "and outputs, export.py's default; tflite-int8 full: full-integer, uint8 input, int8 outputs); parity = max |diff| of the "
-             "raw logits vs Keras on 4 BCCD images; MB = file size (keras: the .keras file)"]
+             "and outputs, export.py's default; tflite-int8 full: full-integer, uint8 input, int8 outputs); "
+             "parity = max |diff| of the raw logits vs Keras on 4 BCCD images; MB = file size (keras: the .keras file)"]
     header = ("model", "runtime", "median ms", "p90 ms", "MB", "max |diff| vs keras")
     table = [header] + [(m, r, f"{med:.1f}", f"{p90:.1f}", f"{mb:.1f}", "-" if d is None else f"{d:.1e}")
                         for m, r, med, p90, mb, d in rows]

@@ -80,8 +80,9 @@ def main(argv=None):
         record(SECTION, command_line("export_map.py", argv if argv is not None else sys.argv[1:]),
                f"Model: {os.path.relpath(args.weights, ROOT)}; BCCD test (72 images), eval_map.py's code "
                f"(score >= 0.001, IoU-NMS 0.5, max 300 detections); int8 calibrated on {args.calib_images} "
-               "letterboxed BCCD train images; tflite-int8-floatheads = int8 with the three output convolutions in float32 "
-               "(export.py's default), tflite-int8-int8heads = full-integer. 'vs keras' is the mAP@0.5 difference in points.", lines)
+               "letterboxed BCCD train images; tflite-int8-floatheads = int8 with the three output convolutions "
+               "in float32 (export.py's default), tflite-int8-int8heads = full-integer. 'vs keras' is the mAP@0.5 "
+               "difference in points.", lines)
     return 0
 
 
