@@ -66,7 +66,10 @@ def main(argv=None):
         if rc != 0:
             sys.exit(f"training failed (exit {rc})")
     with open(os.path.join(args.save_dir, "log.csv")) as f:
-        epochs_done = len(list(csv.DictReader(f)))
+        log_rows = list(csv.DictReader(f))
+    epochs_done = len(log_rows)
+    in_loop = [(int(r["epoch"]) + 1, float(r["val_map50"])) for r in log_rows
+               if r.get("val_map50") not in (None, "", "nan")]
     det = Detector.from_file(os.path.join(args.save_dir, "best.keras"))
     test = load_voc(str(BCCD), "test", det.class_names, log=None)
     res = evaluate_records(det, test)
@@ -79,6 +82,9 @@ def main(argv=None):
              "", *format_table(res, det.class_names).splitlines(), "",
              f"wall time {wall / 60:.1f} min for training incl. in-loop evaluation: {wall / max(epochs_done, 1):.1f} s/epoch",
              f"bare training step at batch {args.batch_size}: {ips:.1f} images/s"]
+    if in_loop:
+        lines.insert(-2, "in-loop val mAP@0.5 (EMA weights) by epoch: "
+                         + ", ".join(f"{e}: {m:.3f}" for e, m in in_loop))
     if args.evaluate_only:
         lines.insert(0, f"(--evaluate-only: the run in {os.path.relpath(args.save_dir, ROOT)} was trained earlier "
                         "by the same command without --evaluate-only)")

@@ -245,8 +245,9 @@ def _int8_float_heads(conv) -> bytes:
     side) and objectness/class logits (far negative on background) in one int8 tensor with one
     scale: on the BCCD model 0.096, 0.107 and 0.60 per step for strides 8, 16, 32 (the stride-32
     head's calibrated range reaches -134), so the boxes lose their precision there. On BCCD
-    test (benchmarks/export_map.py, docs/benchmarks.md) full-integer int8 is 1.96 points of
-    mAP@0.5 below the float model, float heads 0.54 (COCO mAP: 5.0 and 0.55 points below).
+    test (benchmarks/export_map.py, README) full-integer int8 was 1.96 points of mAP@0.5 below
+    the float model, float heads 0.54 (COCO mAP: 5.0 and 0.55 points below); on a second
+    trained model -1.03 and +0.64 points.
     The output convs are 1x1 with A*(5+C) filters, <1% of the FLOPs: the speed is int8's.
 
     TFLite's selective quantization is the library way: QuantizationDebugger calibrates once
