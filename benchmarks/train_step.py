@@ -40,7 +40,9 @@ def step_throughput(backbone="mobilenetv2", alpha=1.0, size=416, batch=8, steps=
     x, y = TrainDataset(recs, 3, hw, batch, anchors).batch(0)
     body = yolo_body(hw, 3, backbone=backbone, alpha=alpha, weight_decay=0.0)
     trainer = YoloTrainer(body, anchors, 3, hw)
-    opt = keras.optimizers.AdamW(1e-4, use_ema=True, weight_decay=5e-4, clipnorm=10.0)
+    from utils.trainer import with_ema_warmup
+    # the optimizer class train.py builds (utils.trainer.make_optimizer): AdamW with the EMA warm-up
+    opt = with_ema_warmup(keras.optimizers.AdamW)(1e-4, use_ema=True, weight_decay=5e-4, clipnorm=10.0)
     trainer.compile(optimizer=opt, jit_compile=False)
     opt.build(trainer.trainable_variables)
     for _ in range(2):  # trace + warm-up
