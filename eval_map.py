@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,11 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score threshold for precision / recall / F1 and the confusion matrix (default 0.5)")
     p.add_argument("--workers", type=int, default=2, help="image reading threads (default 2)")
     p.add_argument("--save-dir", help="output folder (default runs/eval/<weights file name>)")
+    p.add_argument("--tf-logs", action="store_true",
+                   help="show TensorFlow's start-up logs (hidden by default; also YOLO_TF_LOGS=1)")
     return p
 
 
 def load_records(args, class_names):
-    from utils.voc import load_flat, load_voc
+    from utils.data.voc import load_flat, load_voc
     split = None if args.split == "all" else args.split
     if args.root:
         return load_voc(args.root, split, class_names)
@@ -65,10 +66,12 @@ def main(argv=None) -> int:
     for name in ("batch_size", "max_det", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    from utils.console import start
+    start(args.tf_logs)
 
     from utils.evaluate import evaluate_records, format_table, write_report
-    from utils.predictor import Detector
-    from utils.voc import read_class_names
+    from utils.inference.detector import Detector
+    from utils.data.voc import read_class_names
 
     try:
         detector = Detector.from_file(args.weights)

@@ -8,7 +8,7 @@
 Writes each artifact and its metadata JSON (<artifact>.json) to --out-dir, then prints a
 table with sizes, conversion times and the parity measured against the Keras model.
 predict.py and eval_map.py take the raw-heads files as --weights. The work is done by
-utils/export.py (formats, variants, quantization) and utils/runtime.py (loading them back).
+utils/inference/export.py (formats, variants, quantization) and utils/inference/runtime.py (loading them back).
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-FORMATS = ("saved_model", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx")  # utils.export.FORMATS
+FORMATS = ("saved_model", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx")  # utils.inference.export.FORMATS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,12 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tflite-int8: keep the three output convolutions in float32 (default; float input and "
                         "outputs; 1.4-1.7 points of mAP@0.5 better on BCCD) or quantize them too (int8: a "
                         "full-integer model with uint8 input, for integer-only accelerators)")
+    p.add_argument("--tf-logs", action="store_true",
+                   help="show TensorFlow's start-up logs (hidden by default; also YOLO_TF_LOGS=1)")
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from utils.console import start
+    start(args.tf_logs)
     if not 0.0 <= args.conf <= 1.0:
         parser.error(f"--conf must be in [0, 1], got {args.conf:g}")
     if not 0.0 < args.iou <= 1.0:
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
     if "tflite-int8" in args.formats and not args.calib_root:
         parser.error("tflite-int8 needs --calib-root (a VOC root of images like the ones the model will see)")
 
-    from utils.export import ExportError, export_detector, format_results
+    from utils.inference.export import ExportError, export_detector, format_results
 
     out_dir = args.out_dir or os.path.join("runs", "export", os.path.splitext(os.path.basename(args.weights))[0])
     try:

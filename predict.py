@@ -12,7 +12,7 @@ Writes to --save-dir (default runs/predict/exp, then exp2, exp3, ...): annotated
 videos, predictions.jsonl (one JSON object per image or frame: source, frame, width,
 height, detections [{class_id, class_name, score, box [x1, y1, x2, y2] source pixels}]),
 and on request Annotations/<name>.xml (VOC) and crops/<class>/. The work is done by
-utils.inference and utils.inference_io.
+utils.inference.predict and utils.inference.sources.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MODES = ("predict", "fps", "heatmap")
 
@@ -56,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="show the results in a window (when a display exists)")
     p.add_argument("--fps-runs", type=int, default=50, help="timed runs in fps mode (default 50)")
     p.add_argument("--fps-warmup", type=int, default=5, help="untimed runs first in fps mode (default 5)")
+    p.add_argument("--tf-logs", action="store_true",
+                   help="show TensorFlow's start-up logs (hidden by default; also YOLO_TF_LOGS=1)")
     return p
 
 
@@ -75,14 +76,17 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    from utils.console import start
+    start(args.tf_logs)
 
-    from utils.inference import (PredictOptions, first_image, format_latency_table, load_model_any,
-                                 measure_latency, parse_class_filter, run_heatmap, run_predict)
-    from utils.inference_io import increment_dir, resolve_source
+    from utils.inference.detector import Detector
+    from utils.inference.predict import (PredictOptions, first_image, format_latency_table, measure_latency,
+                                         parse_class_filter, run_heatmap, run_predict)
+    from utils.inference.sources import increment_dir, resolve_source
 
     try:
         items = resolve_source(args.source)
-        detector = load_model_any(args.weights, input_size=args.input_size)
+        detector = Detector.from_file(args.weights, input_size=args.input_size)
         options = PredictOptions(conf=args.conf, iou=args.iou, max_det=args.max_det, nms=args.nms,
                                  classes=parse_class_filter(args.classes, detector.class_names) if args.classes else None,
                                  save_images=not args.no_save, save_json=not args.no_json, save_xml=args.save_xml,

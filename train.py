@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resume", action="store_true", help="continue the run in --save-dir from its last finished epoch")
     e.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard logs")
     e.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress: 0 silent, 1 bar, 2 line")
+    e.add_argument("--tf-logs", action="store_true",
+                   help="show TensorFlow's start-up logs (hidden by default; also YOLO_TF_LOGS=1)")
     e.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
                    help="tf.distribute strategy; the global batch is split over replicas")
     return p
@@ -111,7 +113,7 @@ DEMO_DEFAULTS = {"input_size": [256], "backbone": "mobilenetv2", "alpha": 0.5, "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from utils.config import parse_with_config
+    from utils.training.config import parse_with_config
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -137,7 +139,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from utils.trainer import main_guarded
+    from utils.console import start
+    start(args.tf_logs)
+    from utils.training.trainer import main_guarded
     return main_guarded(args)
 
 

@@ -5,14 +5,15 @@
     python voc_annotation.py check --root VOCdevkit/VOC2007 --classes model_data/voc_classes.txt
     python voc_annotation.py check --images my/images --annotations my/xml --classes my_classes.txt
 
-A thin front end over utils.voc (write_splits, check_dataset).
+A thin front end over utils.data.voc (write_splits, check_dataset).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from utils.voc import DatasetError, check_dataset, write_splits
+from utils.data.check import check_dataset, write_splits
+from utils.data.voc import DatasetError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Augmented training images per second of utils/dataset.py (mosaic + mixup on).
+"""Augmented training images per second of utils/data/dataset.py (mosaic + mixup on).
 
     python benchmarks/data_throughput.py                       # BCCD train, 416x416, tf.data x2
     python benchmarks/data_throughput.py --compare             # also PyDataset threads/processes, serial
@@ -71,7 +71,7 @@ def main(argv=None):
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
 
-    from utils.dataset import TrainDataset, records_from_args
+    from utils.data.dataset import TrainDataset, records_from_args
     records, class_names = records_from_args([args.root], args.split, args.classes)
     backends = ["tfdata", "threads", "processes", "serial"] if args.compare else [args.backend]
     results = {b: [] for b in backends}

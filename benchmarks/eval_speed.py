@@ -5,7 +5,7 @@
 Builds yolo_body with random weights (no download; the speed does not depend on the weights,
 except NMS: random heads give the worst case, every box a candidate at --conf 0.001), runs
 utils.evaluate.run_detector with the image-reading thread pool (--workers) and serially
-(workers 0), and utils.predictor.Detector.detect_timed on one batch. The first batch (tracing)
+(workers 0), and utils.inference.detector.Detector.detect_timed on one batch. The first batch (tracing)
 is run before timing. Prints the figures and records them in docs/benchmarks.md (section
 "Evaluation speed"; --no-record to skip).
 """
@@ -44,9 +44,10 @@ def main(argv=None):
 
     from nets.yolo import yolo_body
     from utils.evaluate import run_detector
-    from utils.predictor import Detector
+    from utils.inference.detector import Detector
     from utils.targets import load_anchors
-    from utils.voc import load_voc, read_class_names, read_image
+    from utils.data.images import read_image
+    from utils.data.voc import load_voc, read_class_names
 
     names = read_class_names(a.classes)
     records = load_voc(a.root, a.split, names, log=None)

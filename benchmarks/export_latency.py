@@ -3,11 +3,11 @@
     python benchmarks/export_latency.py                 # mobilenetv2 x1.0 and ghostnet, 416x416, 20 classes
 
 For each backbone: yolo_body with random weights whose BatchNorm statistics are set from a
-few letterboxed BCCD images (utils.export.set_batchnorm_stats; untrained logits would be
-~1e-7 and every parity figure meaningless), exported by utils.export.export_model (int8
+few letterboxed BCCD images (utils.inference.export.set_batchnorm_stats; untrained logits would be
+~1e-7 and every parity figure meaningless), exported by utils.inference.export.export_model (int8
 calibrated on --calib-images letterboxed BCCD train images, in both modes: output convolutions
 in float32, export.py's default, and full-integer), then each artifact loaded through
-utils.runtime and timed on one letterboxed image: --warmup untimed runs, then the median
+utils.inference.runtime and timed on one letterboxed image: --warmup untimed runs, then the median
 (and 90th percentile) of --runs timed runs of the network alone (raw heads, no decode/NMS).
 Keras = the model in one compiled tf.function without XLA (XLA makes depthwise convolutions
 ~20x slower on CPU). Every runtime uses all cores (TF's default; LiteRT with XNNPACK and
@@ -55,8 +55,8 @@ def bench_backbone(backbone, alpha, args, images, calib, log):
 
     from nets.yolo import yolo_body
     from utils.checkpoint import save_detector
-    from utils.export import export_model, set_batchnorm_stats
-    from utils.runtime import KerasRuntime, load_any
+    from utils.inference.export import export_model, set_batchnorm_stats
+    from utils.inference.runtime import KerasRuntime, open_model
     from utils.targets import load_anchors
 
     hw = tuple(args.input)
@@ -79,7 +79,7 @@ def bench_backbone(backbone, alpha, args, images, calib, log):
         batch = images[:1].astype(np.uint8)
         runtimes = [("keras (tf.function)", KerasRuntime(keras_path, body, meta), os.path.getsize(keras_path), None)]
         for r in results:
-            runtimes.append((r.format, load_any(r.path, num_threads=os.cpu_count()), r.bytes, r.check["max_abs_diff"]))
+            runtimes.append((r.format, open_model(r.path, num_threads=os.cpu_count()), r.bytes, r.check["max_abs_diff"]))
         for name, rt, size, diff in runtimes:
             med, p90 = time_runs(rt, batch, args.warmup, args.runs)
             rows.append((f"{backbone} x{alpha:g}", name, med, p90, size / 1e6, diff))
@@ -105,8 +105,8 @@ def main(argv=None):
 
     import numpy as np
 
-    from utils.export import calibration_dataset
-    from utils.voc import read_class_names
+    from utils.inference.export import calibration_dataset
+    from utils.data.voc import read_class_names
 
     if a.runs < 20:
         p.error("--runs must be >= 20")

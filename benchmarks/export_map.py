@@ -4,7 +4,7 @@
     python benchmarks/export_map.py --weights runs/train/exp/best.keras --formats tflite-int8 --int8-heads float
 
 Exports ``--weights`` (a .keras from train.py, e.g. the one benchmarks/train_bccd.py leaves)
-with utils.export.export_detector (int8 calibrated on --calib-images letterboxed BCCD train
+with utils.inference.export.export_detector (int8 calibrated on --calib-images letterboxed BCCD train
 images, once per --int8-heads mode: "float" keeps the output convolutions in float32, "int8"
 is the full-integer model), then evaluates the Keras model and every export on BCCD test with eval_map.py's code
 (utils.evaluate.evaluate_records through Detector.from_file, the same path as
@@ -42,9 +42,9 @@ def main(argv=None):
         sys.exit(f"{args.weights}: no such model; train one first (python benchmarks/train_bccd.py)")
 
     from utils.evaluate import evaluate_records
-    from utils.export import export_detector
-    from utils.predictor import Detector
-    from utils.voc import load_voc
+    from utils.inference.export import export_detector
+    from utils.inference.detector import Detector
+    from utils.data.voc import load_voc
 
     rows = []  # (format, mAP@0.5, COCO mAP, per-class AP@0.5, file size); the Keras model first
     with tempfile.TemporaryDirectory() as tmp:

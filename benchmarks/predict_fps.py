@@ -4,7 +4,7 @@
     python benchmarks/predict_fps.py --backbone squeezenet --alpha 0.5 --input-size 320 --runs 100
 
 Builds the detector with random weights (timing does not depend on them), saves it with
-utils.checkpoint.save_detector, writes one synthetic 640x480 JPEG (utils.demo_data), and runs
+utils.checkpoint.save_detector, writes one synthetic 640x480 JPEG (utils.data.demo_data), and runs
 ``predict.py --mode fps`` on it in-process: the numbers are those of the command line. Prints
 the table and records it, with the date, the machine (lscpu model name, core count) and the
 command, in docs/benchmarks.md, section "predict.py fps mode" (--no-record to skip).
@@ -45,9 +45,9 @@ def main(argv=None) -> int:
     import predict
     from nets.yolo import yolo_body
     from utils.checkpoint import save_detector
-    from utils.demo_data import render_sample
+    from utils.data.demo_data import render_sample
     from utils.targets import load_anchors, parse_input_hw
-    from utils.voc import read_class_names
+    from utils.data.voc import read_class_names
 
     hw = parse_input_hw(args.input_size)
     voc = read_class_names(ROOT / "model_data" / "voc_classes.txt")

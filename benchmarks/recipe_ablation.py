@@ -4,7 +4,7 @@
     python benchmarks/recipe_ablation.py --steps 300 --rows baseline full
 
 Trains mobilenetv2 (alpha 0.5) from scratch on the demo set's train split (210 images,
-built offline by utils.demo_data) at 128x128, batch 8, Adam at a constant learning rate, no
+built offline by utils.data.demo_data) at 128x128, batch 8, Adam at a constant learning rate, no
 augmentation, for ``--steps`` steps; then mAP@0.5 on the first 60 training images and on the
 val split, with eval_map.py's code. Rows (each a fresh model, same seed):
 
@@ -44,9 +44,9 @@ def run_row(records, val, names, lr, shortcut, neighbors, steps, size=128, seed=
 
     from nets.loss import YoloTrainer, init_head_biases
     from nets.yolo import yolo_body
-    from utils.dataset import TrainDataset
+    from utils.data.dataset import TrainDataset
     from utils.evaluate import evaluate_records
-    from utils.predictor import Detector
+    from utils.inference.detector import Detector
     from utils.targets import load_anchors
 
     keras.utils.set_random_seed(seed)
@@ -77,8 +77,8 @@ def main(argv=None):
     p.add_argument("--no-record", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args(argv)
 
-    from utils.demo_data import make_demo_dataset
-    from utils.voc import load_voc, read_class_names
+    from utils.data.demo_data import make_demo_dataset
+    from utils.data.voc import load_voc, read_class_names
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_demo_dataset(os.path.join(tmp, "demo"), num_images=300, seed=0)

@@ -48,8 +48,8 @@ def main(argv=None):
 
     import train
     from utils.evaluate import evaluate_records, format_table
-    from utils.predictor import Detector
-    from utils.voc import load_voc
+    from utils.inference.detector import Detector
+    from utils.data.voc import load_voc
 
     hw = (args.input_size, args.input_size)
     if args.evaluate_only:

@@ -30,9 +30,9 @@ def step_throughput(backbone="mobilenetv2", alpha=1.0, size=416, batch=8, steps=
     import keras
     from nets.loss import YoloTrainer
     from nets.yolo import yolo_body
-    from utils.dataset import TrainDataset
+    from utils.data.dataset import TrainDataset
     from utils.targets import load_anchors
-    from utils.voc import load_voc
+    from utils.data.voc import load_voc
 
     hw = (size, size)
     recs = load_voc(str(BCCD), "train", str(ROOT / "model_data" / "bccd_classes.txt"), log=None)
@@ -40,8 +40,8 @@ def step_throughput(backbone="mobilenetv2", alpha=1.0, size=416, batch=8, steps=
     x, y = TrainDataset(recs, 3, hw, batch, anchors).batch(0)
     body = yolo_body(hw, 3, backbone=backbone, alpha=alpha, weight_decay=0.0)
     trainer = YoloTrainer(body, anchors, 3, hw)
-    from utils.trainer import with_ema_warmup
-    # the optimizer class train.py builds (utils.trainer.make_optimizer): AdamW with the EMA warm-up
+    from utils.training.trainer import with_ema_warmup
+    # the optimizer class train.py builds (utils.training.trainer.make_optimizer): AdamW with the EMA warm-up
     opt = with_ema_warmup(keras.optimizers.AdamW)(1e-4, use_ema=True, weight_decay=5e-4, clipnorm=10.0)
     trainer.compile(optimizer=opt, jit_compile=False)
     opt.build(trainer.trainable_variables)

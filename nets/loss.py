@@ -46,9 +46,8 @@ import tensorflow as tf
 from keras import ops
 
 from utils.boxes import bbox_ciou, bbox_iou_pairwise
-from utils.dataset import TARGET_KEYS  # ("y32", "y16", "y8"): the batch dict's keys
 from utils.decode import decode_head
-from utils.targets import ANCHOR_MASKS, STRIDES
+from utils.targets import ANCHOR_MASKS, STRIDES, TARGET_KEYS
 
 DEFAULT_BALANCE = (0.4, 1.0, 4.0)  # strides 32, 16, 8
 

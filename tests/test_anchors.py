@@ -1,11 +1,11 @@
-"""utils/anchors.py: k-means recovers synthetic cluster shapes, deterministic, file format,
+"""utils/data/anchors.py: k-means recovers synthetic cluster shapes, deterministic, file format,
 letterboxed box shapes, and the CLI on BCCD."""
 import numpy as np
 import pytest
 
-from utils.anchors import box_shapes, format_anchors, kmeans_anchors, main, mean_best_iou, save_anchors
+from utils.data.anchors import box_shapes, format_anchors, kmeans_anchors, main, mean_best_iou, save_anchors
 from utils.targets import load_anchors
-from utils.voc import VocRecord
+from utils.data.voc import VocRecord
 
 SHAPES = np.array([[8, 12], [20, 14], [18, 40], [45, 30], [40, 90], [100, 70], [90, 200], [220, 160], [380, 330]],
                   np.float32)

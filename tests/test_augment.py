@@ -1,9 +1,9 @@
-"""utils/augment.py: boxes follow the pixels, flip, HSV, mosaic, mixup, tiny boxes,
+"""utils/data/augment.py: boxes follow the pixels, flip, HSV, mosaic, mixup, tiny boxes,
 determinism and the mosaic/mixup epoch switch."""
 import numpy as np
 import pytest
 
-from utils.augment import (AugmentConfig, Augmenter, filter_boxes, hflip, hsv_jitter, letterbox_sample,
+from utils.data.augment import (AugmentConfig, Augmenter, filter_boxes, hflip, hsv_jitter, letterbox_sample,
                            mixup, mosaic, random_single, sample_rng)
 
 NO_COLOR = dict(hue=0.0, sat=0.0, val=0.0)
@@ -186,7 +186,7 @@ def test_mosaic_mixup_switch_follows_epochs_and_flag():
 
 def test_visual_check_cli_writes_grid(bccd_root, tmp_path, capsys):
     import cv2
-    from utils.augment import main
+    from utils.data.preview import main
     out = tmp_path / "samples.png"
     main(["--root", str(bccd_root), "--classes", "model_data/bccd_classes.txt", "--out", str(out),
           "--num", "4", "--input-size", "128"])

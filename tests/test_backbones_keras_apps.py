@@ -1,5 +1,6 @@
 """keras.applications backbones (nets/backbones/keras_apps.py): taps, shapes, preprocessing,
 stable names, registry entries and the ImageNet-weights paths (offline error, cached file)."""
+import importlib
 import functools
 import re
 import socket
@@ -58,8 +59,7 @@ def built(name, alpha, h, w):
 @pytest.fixture
 def only_this_registry(monkeypatch):
     """Registry look-ups that load only keras_apps, so other families' state cannot matter."""
-    monkeypatch.setattr(registry, "_MODULES", ("nets.backbones.keras_apps",))
-    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_load_all", lambda: importlib.import_module("nets.backbones.keras_apps"))
 
 
 @pytest.fixture

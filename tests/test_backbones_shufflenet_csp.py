@@ -79,7 +79,7 @@ def test_grouped_conv2d_runs_on_cpu_forward_and_gradient():
     (8, 0.5, (320, 512, 3)),
 ])
 def test_shufflenet_v1_pyramid_matches_table1(groups, alpha, shape):
-    _, feats = _build(shufflenet.shufflenet_v1, shape, alpha=alpha, groups=groups)
+    _, feats = _build(shufflenet.build_shufflenetv1, shape, alpha=alpha, groups=groups)
     _check_pyramid(feats, shape, [int(c * alpha) for c in V1_TABLE[groups]])
 
 
@@ -93,7 +93,7 @@ def test_shufflenet_v1_channels_divisible_and_close_to_table(groups, alpha):
 
 
 def test_shufflenet_v1_units_follow_the_paper():
-    model, _ = _build(shufflenet.shufflenet_v1, (64, 64, 3), groups=3)
+    model, _ = _build(shufflenet.build_shufflenetv1, (64, 64, 3), groups=3)
     # stride-2 unit: concat of a 3x3/2 average pool of the unit input and the residual branch
     concat = model.get_layer("shufflev1_stage3_unit1_concat")
     pool = model.get_layer("shufflev1_stage3_unit1_avgpool")
@@ -131,12 +131,12 @@ def test_shufflenet_v1_rejects_bad_groups_and_scale():
 
 @pytest.mark.parametrize("alpha,shape", [(1.0, (320, 320, 3)), (0.5, (320, 512, 3))])
 def test_shufflenet_v2_pyramid_matches_table5(alpha, shape):
-    _, feats = _build(shufflenet.shufflenet_v2, shape, alpha=alpha)
+    _, feats = _build(shufflenet.build_shufflenetv2, shape, alpha=alpha)
     _check_pyramid(feats, shape, V2_TABLE[alpha])
 
 
 def test_shufflenet_v2_units_split_halves_and_shuffle():
-    model, _ = _build(shufflenet.shufflenet_v2, (64, 64, 3), alpha=1.0)
+    model, _ = _build(shufflenet.build_shufflenetv2, (64, 64, 3), alpha=1.0)
     left = model.get_layer("shufflev2_stage3_unit2_split_left")
     right = model.get_layer("shufflev2_stage3_unit2_split_right")
     assert (left.start, left.stop, right.start, right.stop) == (0, 116, 116, 232)
@@ -197,11 +197,11 @@ def test_cspdarknet53_pyramid_and_size(shape):
 
 def test_cspdarknet53_half_width_and_bad_alpha():
     inp = keras.Input((64, 96, 3))
-    feats = cspdarknet.cspdarknet53(inp, alpha=0.5)
+    feats = cspdarknet.build_cspdarknet53(inp, alpha=0.5)
     _check_pyramid(feats, (64, 96), (128, 256, 512))
     assert keras.Model(inp, feats).count_params() == _csp_param_count(0.5)
     with pytest.raises(ValueError, match=r"alpha must be one of \(0.5, 1.0\), got 0.75"):
-        cspdarknet.cspdarknet53(keras.Input((64, 64, 3)), alpha=0.75)
+        cspdarknet.build_cspdarknet53(keras.Input((64, 64, 3)), alpha=0.75)
 
 
 def test_csp_stage_with_mish_saves_and_loads_safely(tmp_path):
@@ -219,8 +219,8 @@ def test_csp_stage_with_mish_saves_and_loads_safely(tmp_path):
 # --------------------------------------------------------------------------- all three
 
 @pytest.mark.parametrize("fn,kw", [
-    (shufflenet.shufflenet_v1, {"groups": 2, "alpha": 0.5}),
-    (shufflenet.shufflenet_v2, {"alpha": 0.5}),
+    (shufflenet.build_shufflenetv1, {"groups": 2, "alpha": 0.5}),
+    (shufflenet.build_shufflenetv2, {"alpha": 0.5}),
     (cspdarknet.cspdarknet53, {}),
 ])
 def test_forward_pass_is_finite(fn, kw):

@@ -1,12 +1,12 @@
-"""utils/dataset.py: batch shapes/dtypes, determinism across backends and workers,
+"""utils/data/dataset.py: batch shapes/dtypes, determinism across backends and workers,
 unreadable images skipped mid-epoch, difficult boxes, validation letterbox, epoch callback."""
 import cv2
 import numpy as np
 import pytest
 
-from utils.dataset import EpochSetter, RecordLoader, TrainDataset, ValDataset
+from utils.data.dataset import EpochSetter, RecordLoader, TrainDataset, ValDataset
 from utils.letterbox import letterbox_image
-from utils.voc import VocRecord
+from utils.data.voc import VocRecord
 
 C = 3
 
@@ -104,7 +104,7 @@ def test_difficult_boxes_excluded_from_targets(tmp_path):
     _, y = ds[0]
     assert int((y["gt_boxes"][0].sum(-1) > 0).sum()) == 1
     assert sum(y[k][..., 5 + 1].sum() for k in ("y32", "y16", "y8")) == 0  # class 1 box absent
-    from utils.augment import AugmentConfig
+    from utils.data.augment import AugmentConfig
     ds = TrainDataset(records, C, (96, 128), batch_size=1, augment=AugmentConfig(include_difficult=True))
     boxes, labels = ds.loader.boxes_labels(0)
     assert labels.tolist() == [0, 1]

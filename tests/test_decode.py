@@ -8,8 +8,9 @@ import tensorflow as tf
 
 from _helpers import tiny_body
 from utils.boxes import box_iou
-from utils.decode import (ANCHOR_MASKS, YoloPostprocess, batched_nms, decode_head, end_to_end_model,
-                          postprocess)
+from nets.postprocess import YoloPostprocess, end_to_end_model
+from utils.decode import batched_nms, decode_head, postprocess
+from utils.targets import ANCHOR_MASKS
 from utils.letterbox import Letterbox, letterbox_boxes, unletterbox_boxes
 from utils.targets import load_anchors
 

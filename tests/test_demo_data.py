@@ -1,4 +1,4 @@
-"""utils/demo_data.py: the synthetic shapes VOC dataset."""
+"""utils/data/demo_data.py: the synthetic shapes VOC dataset."""
 import os
 import pathlib
 
@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from utils import demo_data
-from utils.demo_data import DEMO_CLASSES, DEMO_COLOURS, make_demo_dataset, render_sample
-from utils.voc import dataset_stats, load_voc, read_class_names, read_image
+from utils.data.demo_data import DEMO_CLASSES, DEMO_COLOURS, make_demo_dataset, render_sample
+from utils.data.check import dataset_stats
+from utils.data.images import read_image
+from utils.data.voc import load_voc, read_class_names
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N = 24

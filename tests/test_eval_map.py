@@ -9,7 +9,7 @@ from _helpers import tiny_body
 from utils.targets import load_anchors
 
 checkpoint = pytest.importorskip("utils.checkpoint")
-demo_data = pytest.importorskip("utils.demo_data")
+demo_data = pytest.importorskip("utils.data.demo_data")
 
 ANCHORS = load_anchors()
 

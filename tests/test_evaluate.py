@@ -8,9 +8,10 @@ from PIL import Image
 from _helpers import tiny_body
 from utils.evaluate import evaluate_records, format_table, write_report
 from utils.letterbox import Letterbox, letterbox_boxes
-from utils.predictor import Detector
+from utils.inference.detector import Detector
 from utils.targets import load_anchors
-from utils.voc import ImageReadError, VocRecord, load_voc
+from utils.data.images import ImageReadError
+from utils.data.voc import VocRecord, load_voc
 
 ANCHORS = load_anchors()
 COLOURS = [(255, 0, 0), (0, 255, 0)]  # class 0 red, class 1 green

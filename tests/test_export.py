@@ -1,4 +1,4 @@
-"""utils/export.py, utils/runtime.py, export.py: every format exports, reloads and agrees with Keras.
+"""utils/inference/export.py, utils/inference/runtime.py, export.py: every format exports, reloads and agrees with Keras.
 
 One yolo_body (mobilenetv2 alpha 0.5, 128x128, BN statistics from the demo images so its
 outputs are O(1)) is exported once per module as SavedModel, TFLite fp32 and int8, and ONNX;
@@ -22,12 +22,12 @@ import export as export_cli
 from _helpers import tiny_body
 from utils.checkpoint import save_detector
 from utils.decode import postprocess
-from utils.export import (FORMATS, ExportError, artifact_name, calibration_dataset, export_model,
+from utils.inference.export import (FORMATS, ExportError, artifact_name, calibration_dataset, export_model,
                           format_results, set_batchnorm_stats)
-from utils.predictor import Detector
-from utils.runtime import RuntimeLoadError, load_any, meta_path
+from utils.inference.detector import Detector
+from utils.inference.runtime import RuntimeLoadError, open_model, meta_path
 from utils.targets import load_anchors
-from utils.voc import read_class_names
+from utils.data.voc import read_class_names
 
 HW = (128, 128)
 ANCHORS = load_anchors()
@@ -36,7 +36,7 @@ ANCHORS = load_anchors()
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """A small synthetic VOC set (the CI clone has no VOCdevkit/demo)."""
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
     return make_demo_dataset(tmp_path_factory.mktemp("data") / "demo", num_images=40, seed=0)
 
 
@@ -75,7 +75,7 @@ def yolo(tmp_path_factory, classes, calib, images):
 @pytest.fixture(scope="module")
 def runtimes(yolo):
     """Each yolo export loaded once (loading a SavedModel takes seconds)."""
-    return {fmt: load_any(r.path) for fmt, r in yolo[1].items()}
+    return {fmt: open_model(r.path) for fmt, r in yolo[1].items()}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_float32_exports_give_the_keras_heads(yolo, runtimes, images, fmt):
 
 def test_fp16_stores_float16_weights_and_is_within_half_precision(e2e, images):
     body, results = e2e
-    rt = load_any(results[("tflite-fp16", "raw")].path)
+    rt = open_model(results[("tflite-fp16", "raw")].path)
     assert any(d["dtype"] == np.float16 for d in rt.interpreter.get_tensor_details())
     assert rt.input_dtype == np.float32
     want, got = _heads(body, images), rt(images)
@@ -127,7 +127,7 @@ def test_fp16_stores_float16_weights_and_is_within_half_precision(e2e, images):
 
 def _weight_dtypes(path, out_channels):
     """dtypes of a .tflite file's 1x1 conv weights with ``out_channels`` filters (OHWI), and its int8 conv weights."""
-    details = load_any(path).interpreter.get_tensor_details()
+    details = open_model(path).interpreter.get_tensor_details()
     conv = [d for d in details if len(d["shape"]) == 4 and d["shape"][0] > 1]  # activations are (1, H, W, C)
     heads = [d["dtype"] for d in conv if d["shape"][0] == out_channels and tuple(d["shape"][1:3]) == (1, 1)]
     return heads, [d for d in conv if d["dtype"] == np.int8]
@@ -144,7 +144,7 @@ def test_int8_default_keeps_the_output_convs_in_float_and_follows_the_float_mode
     assert heads == [np.float32] * 3  # the three 1x1, 27-filter output convs stay float ...
     assert len(int8_weights) > 50     # ... and the body's convs are int8
     assert results["tflite-int8"].bytes < 0.35 * results["tflite-fp32"].bytes
-    want, got = _heads(body, images), load_any(path)(images)
+    want, got = _heads(body, images), open_model(path)(images)
     for g, w in zip(got, want):
         assert g.dtype == np.float32 and np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.95
     # detections: the int8 file's best boxes are (mostly) the float model's best boxes
@@ -170,7 +170,7 @@ def test_full_int8_takes_uint8_and_float_heads_are_closer_to_float(tmp_path, cla
     want = _heads(body, images)
     errors = {}
     for name, r in (("full", full), ("mixed", mixed)):
-        got = load_any(r.path)(images)  # dequantized by the runtime: float32 either way
+        got = open_model(r.path)(images)  # dequantized by the runtime: float32 either way
         assert all(g.dtype == np.float32 and np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.95 for g, w in zip(got, want))
         errors[name] = np.mean([np.abs(g - w).mean() for g, w in zip(got, want)])
     # same calibration, so the same scales everywhere else: only the heads' rounding differs
@@ -222,7 +222,7 @@ def test_end_to_end_exports_match_python_postprocessing(e2e, noise, fmt):
     body, results = e2e
     r = results[(fmt, "end_to_end")]
     assert os.path.basename(r.path) == artifact_name("t", fmt, "end_to_end")
-    got = load_any(r.path)(images)
+    got = open_model(r.path)(images)
     want = [t.numpy() for t in postprocess(body(images.astype(np.float32)), ANCHORS, HW, 4, 0.2, 0.45, 30,
                                            nms="diou")]
     np.testing.assert_array_equal(got["num_valid"], want[3])
@@ -249,7 +249,7 @@ def test_iou_nms_end_to_end_in_onnx_but_not_in_tflite(tmp_path, classes, noise):
     assert not (tmp_path / "t_e2e_fp32.tflite").exists()
     raw_meta = json.loads((tmp_path / "t_fp32.tflite.json").read_text())
     assert "Flex" in raw_meta["end_to_end_note"]  # the raw file says why it has no end-to-end twin
-    got = load_any(by[("onnx", "end_to_end")].path)(images)
+    got = open_model(by[("onnx", "end_to_end")].path)(images)
     want = [t.numpy() for t in postprocess(body(images.astype(np.float32)), ANCHORS, HW, 4, 0.2, 0.45, 30)]
     np.testing.assert_array_equal(got["num_valid"], want[3])
     assert want[3].min() > 0
@@ -268,12 +268,12 @@ def test_corrupt_or_mismatched_files_name_the_file(e2e, tmp_path, classes):
     bad.write_bytes(data[: len(data) // 2])
     shutil.copy(meta_path(src), meta_path(bad))
     with pytest.raises(RuntimeLoadError, match=f"{bad}: .* bytes but {len(data)} were written at export"):
-        load_any(bad)
+        open_model(bad)
     meta = json.loads(pathlib.Path(meta_path(bad)).read_text())
     del meta["sha256"], meta["bytes"]
     pathlib.Path(meta_path(bad)).write_text(json.dumps(meta))
     with pytest.raises(RuntimeLoadError, match=f"{bad}: not a readable TFLite model"):
-        load_any(bad)
+        open_model(bad)
 
     # an .onnx of another model (2 classes) beside the metadata of the 4-class one
     other = export_model(tiny_body(HW, 2, activation="relu"), _meta(["a", "b"], "tiny", 1.0), tmp_path / "other",
@@ -282,7 +282,7 @@ def test_corrupt_or_mismatched_files_name_the_file(e2e, tmp_path, classes):
     shutil.copy(other, swapped)
     shutil.copy(meta_path(results[("onnx", "raw")].path), meta_path(swapped))
     with pytest.raises(RuntimeLoadError, match=f"{swapped}: .* or an export of another model"):
-        load_any(swapped)
+        open_model(swapped)
     meta = json.loads(pathlib.Path(meta_path(swapped)).read_text())
     del meta["sha256"], meta["bytes"]
     pathlib.Path(meta_path(swapped)).write_text(json.dumps(meta))
@@ -291,12 +291,12 @@ def test_corrupt_or_mismatched_files_name_the_file(e2e, tmp_path, classes):
 
     os.remove(meta_path(swapped))
     with pytest.raises(RuntimeLoadError, match=f"{swapped}: its metadata file .*swapped.onnx.json is missing"):
-        load_any(swapped)
+        open_model(swapped)
     with pytest.raises(FileNotFoundError, match="nowhere.tflite"):
         Detector.from_file(tmp_path / "nowhere.tflite")
     (tmp_path / "model.pt").write_bytes(b"x")
     with pytest.raises(RuntimeLoadError, match="unsupported model file"):
-        load_any(tmp_path / "model.pt")
+        open_model(tmp_path / "model.pt")
 
 
 def test_export_arguments_are_checked(classes):
@@ -313,7 +313,7 @@ def test_export_arguments_are_checked(classes):
 
 def test_calibration_images_are_letterboxed_training_images(demo, calib, classes):
     from utils.letterbox import letterbox_image
-    from utils.voc import read_image
+    from utils.data.images import read_image
 
     assert len(calib) == 6
     image = read_image(calib.records[0].image_path)
@@ -349,18 +349,17 @@ def test_cli_exports_a_saved_detector(tmp_path, classes, demo, capsys):
 def test_predict_and_eval_map_take_exported_files(demo, e2e, classes, tmp_path, capsys):
     import eval_map
     import predict
-    from utils.inference import load_model_any
-    from utils.voc import read_image
+    from utils.data.images import read_image
 
     body, results = e2e
     tflite, saved = results[("tflite-fp32", "raw")].path, results[("saved_model", "raw")].path
     image_path = demo / "JPEGImages" / "demo_00000.jpg"
     want = Detector(body, _meta(classes, "tiny", 1.0)).detect([read_image(image_path)], score_thresh=0.2)[0]
     for path in (tflite, saved):  # predict.py's loader: by suffix, and a SavedModel folder
-        got = load_model_any(path, score_thresh=0.2).detect([read_image(image_path)])[0]
+        got = Detector.from_file(path, score_thresh=0.2).detect([read_image(image_path)])[0]
         np.testing.assert_allclose(got["boxes"], want["boxes"], atol=1e-2)
     with pytest.raises(ValueError, match="runs at the input size it was exported at"):
-        load_model_any(tflite, input_size=160)
+        Detector.from_file(tflite, input_size=160)
     out = tmp_path / "pred"
     assert predict.main(["--weights", tflite, "--source", str(image_path), "--save-dir", str(out), "--conf", "0.2",
                          "--no-save"]) == 0

@@ -14,12 +14,13 @@ import tensorflow as tf
 from nets.loss import YoloTrainer, init_head_biases
 from nets.yolo import yolo_body
 from utils.boxes import box_iou
-from utils.dataset import TrainDataset
-from utils.demo_data import make_demo_dataset
+from utils.data.dataset import TrainDataset
+from utils.data.demo_data import make_demo_dataset
 from utils.metrics import evaluate_detections
-from utils.predictor import Detector
+from utils.inference.detector import Detector
 from utils.targets import load_anchors
-from utils.voc import load_voc, read_class_names, read_image
+from utils.data.images import read_image
+from utils.data.voc import load_voc, read_class_names
 
 
 def test_overfitting_two_images_reaches_map_above_0_9(tmp_path):

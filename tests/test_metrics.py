@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from utils.metrics import coco_evaluate, confusion_matrix, evaluate_detections, voc_ap
-from utils.voc import VocRecord
+from utils.data.voc import VocRecord
 
 
 def gt(boxes, labels, difficult=None):

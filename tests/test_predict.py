@@ -1,5 +1,5 @@
-"""predict.py end to end (main(argv) in-process) and its library: utils/inference.py,
-utils/inference_io.py, utils/heatmap.py, the VOC XML writer and draw_counts.
+"""predict.py end to end (main(argv) in-process) and its library: utils/inference/predict.py,
+utils/inference/sources.py, utils/inference/heatmap.py, the VOC XML writer and draw_counts.
 
 The detector is a few-layer stand-in for yolo_body with the same input and outputs, saved
 with utils.checkpoint.save_detector: a squeezenet yolo_body takes ~15 s to trace on a
@@ -17,12 +17,14 @@ import pytest
 import predict
 from _helpers import tiny_body
 from utils.checkpoint import save_detector
-from utils.heatmap import objectness_maps
-from utils.inference import PredictOptions, detect, load_model_any, mask_classes, parse_class_filter
-from utils.inference_io import OutputNames, increment_dir, resolve_source
+from utils.inference.heatmap import objectness_maps
+from utils.inference.detector import Detector
+from utils.inference.predict import PredictOptions, detect, mask_classes, parse_class_filter
+from utils.inference.sources import OutputNames, increment_dir, resolve_source
 from utils.letterbox import Letterbox
 from utils.targets import load_anchors
-from utils.voc import parse_voc_xml, read_image
+from utils.data.images import read_image
+from utils.data.voc import parse_voc_xml
 
 ANCHORS = load_anchors()
 CLASSES = ["cat", "dog", "bird"]
@@ -51,7 +53,7 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def detector(weights):
-    return load_model_any(weights)
+    return Detector.from_file(weights)
 
 
 def _image(seed, h, w):
@@ -159,7 +161,7 @@ def test_save_xml_round_trip(weights, folder, tmp_path):
 
 
 def test_xml_writer_edge_cases(tmp_path):
-    from utils.voc import write_voc_xml
+    from utils.data.voc import write_voc_xml
     boxes = [[0.2, 0.4, 0.6, 0.7], [10.4, 5.5, 39.9, 30.0], [38.8, 29.0, 40.0, 30.0]]  # sub-pixel, normal, corner
     path = write_voc_xml(tmp_path / "x.xml", tmp_path / "a&b.jpg", 40, 30, boxes, [0, 2, 1], ["c<1>", "d", "e"])
     rec, warnings = parse_voc_xml(path, ["c<1>", "d", "e"])
@@ -251,13 +253,13 @@ def test_missing_paths_exit_2(weights, folder, tmp_path, capsys):
 
 
 def test_input_size_override(weights, folder, detector):
-    big = load_model_any(weights, input_size="128x160")
+    big = Detector.from_file(weights, input_size="128x160")
     assert big.input_hw == (128, 160) and [tuple(o.shape[1:3]) for o in big.model.outputs] == [(4, 5), (8, 10), (16, 20)]
     for a, b in zip(big.model.get_weights(), detector.model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert load_model_any(weights, input_size=(96, 128)).model is not None
+    assert Detector.from_file(weights, input_size=(96, 128)).model is not None
     with pytest.raises(ValueError, match="multiples of 32"):
-        load_model_any(weights, input_size=100)
+        Detector.from_file(weights, input_size=100)
 
 
 def test_sources_and_run_dirs(folder, tmp_path):

@@ -1,4 +1,4 @@
-"""utils/predictor.py: the Detector (letterbox -> one compiled model + NMS -> source pixels)."""
+"""utils/inference/detector.py: the Detector (letterbox -> one compiled model + NMS -> source pixels)."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,7 +6,7 @@ import tensorflow as tf
 from _helpers import tiny_body
 from utils.decode import postprocess
 from utils.letterbox import Letterbox, letterbox_image, unletterbox_boxes
-from utils.predictor import Detector
+from utils.inference.detector import Detector
 from utils.targets import load_anchors
 
 ANCHORS = load_anchors()
@@ -102,7 +102,7 @@ def test_bad_inputs_have_clear_errors(detector):
 def test_real_yolo_body_detector_and_end_to_end_model_agree():
     # (loading through Detector.from_file is covered by tests/test_eval_map.py)
     yolo = pytest.importorskip("nets.yolo")
-    from utils.decode import end_to_end_model
+    from nets.postprocess import end_to_end_model
 
     body = yolo.yolo_body((128, 128), 3, backbone="mobilenetv1", alpha=0.25)
     meta = {"class_names": CLASSES, "anchors": ANCHORS.tolist(), "input_shape": [128, 128],

@@ -8,9 +8,9 @@ import pytest
 
 import train
 from utils import checkpoint as ck
-from utils.callbacks import lr_at
-from utils.config import load_yaml
-from utils.demo_data import make_demo_dataset
+from utils.training.callbacks import lr_at
+from utils.training.config import load_yaml
+from utils.data.demo_data import make_demo_dataset
 
 SMALL = ["--input-size", "128", "--backbone", "squeezenet", "--alpha", "0.5", "--batch-size", "4",
          "--steps-per-epoch", "2", "--eval-every", "1", "--verbose", "0", "--no-tensorboard",
@@ -49,7 +49,7 @@ def test_yaml_config_and_command_line_override(tmp_path):
 
 
 def test_learning_rate_scaling_rules():
-    from utils.trainer import scaled_lr
+    from utils.training.trainer import scaled_lr
     assert scaled_lr(1e-2, "sgd", 16, 64) == pytest.approx(2.5e-3)  # linear
     assert scaled_lr(8e-3, "adamw", 16, 64) == pytest.approx(4e-3)  # square root
     assert scaled_lr(8e-3, "adam", 64, 64) == pytest.approx(8e-3)
@@ -61,7 +61,7 @@ def test_learning_rate_scaling_rules():
 
 def test_ema_momentum_warms_up_like_tf_moving_average():
     import keras
-    from utils.trainer import with_ema_warmup
+    from utils.training.trainer import with_ema_warmup
 
     v = keras.Variable(np.zeros(3, np.float32))
     opt = with_ema_warmup(keras.optimizers.SGD)(learning_rate=0.1, use_ema=True, ema_momentum=0.9)
@@ -132,7 +132,7 @@ def test_interrupt_mid_epoch_then_resume_continues_and_writes_every_output(demo_
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(demo_root, tmp_path, monkeypatch,
                                                                            capsys):
-    from utils.dataset import TrainDataset
+    from utils.data.dataset import TrainDataset
 
     save = tmp_path / "run"
     real_example = TrainDataset.example

@@ -1,4 +1,4 @@
-"""utils/voc.py: class lists, the image reader, VOC XML parsing, loading, splits, checks."""
+"""utils/data/voc.py: class lists, the image reader, VOC XML parsing, loading, splits, checks."""
 import os
 import pathlib
 import time
@@ -10,8 +10,9 @@ import pytest
 from PIL import Image, ImageOps
 
 import voc_annotation
-from utils.voc import (AnnotationError, DatasetError, ImageReadError, check_dataset, dataset_stats, image_size,
-                       load_flat, load_voc, parse_voc_xml, read_class_names, read_image, split_ids, write_splits)
+from utils.data.check import check_dataset, dataset_stats, write_splits
+from utils.data.images import ImageReadError, image_size, read_image
+from utils.data.voc import AnnotationError, DatasetError, load_flat, load_voc, parse_voc_xml, read_class_names, split_ids
 
 CLASSES = ["cat", "dog"]
 

@@ -107,7 +107,7 @@ def load_detector(path, compile: bool = False):
     """
     meta = read_meta(path)
     import nets.layers  # noqa: F401  registers the custom layers
-    import utils.decode  # noqa: F401  registers YoloPostprocess (end-to-end models)
+    import nets.postprocess  # noqa: F401  registers YoloPostprocess (end-to-end models)
     try:
         model = keras.saving.load_model(os.fspath(path), compile=compile, safe_mode=True)
     except Exception as exc:  # keras raises many types; name the file and the cause

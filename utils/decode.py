@@ -1,8 +1,8 @@
 """Decode the YOLO heads and run NMS, in the TensorFlow graph.
 
 One implementation for the loss (``decode_head``), training's in-loop evaluation,
-eval_map.py, predict.py and exported end-to-end models (``postprocess`` and the
-``YoloPostprocess`` layer). The box encoding is the project convention:
+eval_map.py, predict.py and exported end-to-end models (``postprocess``, wrapped as the
+Keras layer ``nets.postprocess.YoloPostprocess``). The box encoding is the project convention:
 
     raw head l: (B, gh, gw, 3 * (5 + C)) -> (B, gh, gw, 3, 5 + C) = [tx, ty, tw, th, t_obj, t_cls...]
     cx = (2 * sigmoid(tx) - 0.5 + gx) / gw          cy = (2 * sigmoid(ty) - 0.5 + gy) / gh
@@ -14,14 +14,12 @@ Outputs are ordered stride 32, 16, 8 and use anchors ``ANCHOR_MASKS[l]`` of the 
 """
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from utils.boxes import box_diou_tf
-from utils.targets import ANCHOR_MASKS, STRIDES  # noqa: F401  (the one place they are defined)
+from utils.targets import ANCHOR_MASKS, STRIDES
 
-PACKAGE = "yolov4lite"
 NMS_KINDS = ("iou", "diou")
 DEFAULT_PRE_NMS_TOPK = 1000
 
@@ -54,7 +52,7 @@ def decode_head(raw, anchors_wh, input_hw, num_classes):
     return tf.concat([xy, wh], axis=-1), obj, cls
 
 
-def _check_anchors(anchors):
+def check_anchors(anchors):
     anchors = np.asarray(anchors, dtype=np.float32)
     if anchors.shape != (9, 2):
         raise ValueError(f"expected 9 anchors as a (9, 2) array of (w, h) pixels, got shape {anchors.shape}")
@@ -67,7 +65,7 @@ def decode_outputs(outputs, anchors, input_hw, num_classes):
     Returns ``(boxes_xyxy, scores)``: (B, N, 4) xyxy in network-input pixels, clipped to the
     input, and (B, N, C) confidences obj * cls; N = 3 * sum(gh * gw).
     """
-    anchors = _check_anchors(anchors)
+    anchors = check_anchors(anchors)
     if len(outputs) != len(ANCHOR_MASKS):
         raise ValueError(f"expected {len(ANCHOR_MASKS)} head outputs (strides 32, 16, 8), got {len(outputs)}")
     h, w = float(input_hw[0]), float(input_hw[1])
@@ -183,54 +181,3 @@ def postprocess(outputs, anchors, input_hw, num_classes, score_thresh=0.25, iou_
     boxes, scores = decode_outputs(outputs, anchors, input_hw, num_classes)
     boxes, scores = _pre_nms_topk(boxes, scores, pre_nms_topk)
     return batched_nms(boxes, scores, score_thresh, iou_thresh, max_det, kind=nms)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class YoloPostprocess(keras.layers.Layer):
-    """``postprocess`` as a layer: yolo body + this layer = a saveable end-to-end detector.
-
-    Input: the list of 3 raw heads. Output: dict ``boxes`` (B, max_det, 4) xyxy network-input
-    pixels, ``scores`` (B, max_det), ``classes`` int32 (B, max_det), ``num_valid`` int32 (B,).
-    """
-
-    def __init__(self, anchors, input_hw, num_classes, score_thresh=0.25, iou_thresh=0.45, max_det=100,
-                 nms="iou", pre_nms_topk=DEFAULT_PRE_NMS_TOPK, **kwargs):
-        kwargs.setdefault("trainable", False)
-        super().__init__(**kwargs)
-        self.anchors = _check_anchors(anchors).tolist()
-        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
-        self.num_classes = int(num_classes)
-        self.score_thresh = float(score_thresh)
-        self.iou_thresh = float(iou_thresh)
-        self.max_det = int(max_det)
-        self.nms = str(nms).lower()
-        if self.nms not in NMS_KINDS:
-            raise ValueError(f"unknown NMS kind {nms!r}; valid: {', '.join(NMS_KINDS)}")
-        self.pre_nms_topk = int(pre_nms_topk or 0)
-
-    def call(self, outputs):
-        boxes, scores, classes, num_valid = postprocess(
-            list(outputs), self.anchors, self.input_hw, self.num_classes, self.score_thresh,
-            self.iou_thresh, self.max_det, self.nms, self.pre_nms_topk)
-        return {"boxes": boxes, "scores": scores, "classes": classes, "num_valid": num_valid}
-
-    def compute_output_spec(self, outputs):
-        batch = outputs[0].shape[0]
-        return {"boxes": keras.KerasTensor((batch, self.max_det, 4), "float32"),
-                "scores": keras.KerasTensor((batch, self.max_det), "float32"),
-                "classes": keras.KerasTensor((batch, self.max_det), "int32"),
-                "num_valid": keras.KerasTensor((batch,), "int32")}
-
-    def get_config(self):
-        return {**super().get_config(), "anchors": self.anchors, "input_hw": list(self.input_hw),
-                "num_classes": self.num_classes, "score_thresh": self.score_thresh,
-                "iou_thresh": self.iou_thresh, "max_det": self.max_det, "nms": self.nms,
-                "pre_nms_topk": self.pre_nms_topk}
-
-
-def end_to_end_model(model, anchors, num_classes, name=None, **postprocess_kwargs):
-    """yolo body + YoloPostprocess as one functional keras.Model (saveable, exportable)."""
-    input_hw = tuple(int(v) for v in model.inputs[0].shape[1:3])
-    head = YoloPostprocess(anchors, input_hw, num_classes, name="yolo_postprocess", **postprocess_kwargs)
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, head(list(model.outputs)), name=name or f"{model.name}_end2end")

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from utils.metrics import coco_evaluate, confusion_matrix, evaluate_detections
-from utils.voc import read_image
+from utils.data.images import read_image
 
 
 def _load_batch(detector, records):
@@ -75,7 +75,7 @@ def run_detector(detector, records, batch_size=8, score_thresh=0.001, iou_thresh
 def evaluate_records(detector, records, batch_size=8, score_thresh=0.001, iou_thresh=0.5, max_det=300, nms="iou",
                      use_07=False, coco=True, match_iou=0.5, prf_score_thresh=0.5, workers=2, progress=False,
                      return_detections=False) -> dict:
-    """Run ``detector`` (utils.predictor.Detector) on VOC ``records`` and compute the metrics.
+    """Run ``detector`` (utils.inference.detector.Detector) on VOC ``records`` and compute the metrics.
 
     ``score_thresh`` / ``iou_thresh`` / ``max_det`` / ``nms`` are the detector's NMS
     settings (mAP is computed at a low score threshold and a high max_det, as is standard);

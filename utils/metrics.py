@@ -3,8 +3,8 @@
 Inputs, one entry per image, in the same order:
 
 * detections: dicts ``{"boxes": (N, 4) xyxy, "scores": (N,), "classes": (N,) int}`` (what
-  utils.predictor.Detector.detect returns), source-image pixels;
-* ground truths: utils.voc.VocRecord objects or dicts with ``boxes`` (M, 4) xyxy,
+  utils.inference.detector.Detector.detect returns), source-image pixels;
+* ground truths: utils.data.voc.VocRecord objects or dicts with ``boxes`` (M, 4) xyxy,
   ``labels`` (M,) and optionally ``difficult`` (M,) bool.
 
 Box convention: coordinates are continuous (area = (x2 - x1) * (y2 - y1), no "+1"), in the

@@ -51,7 +51,7 @@ THE BOX-ENCODING CONVENTION (fixed by the lead; targets, loss and decoder all fo
 Implementation notes: this module is the one place ANCHOR_MASKS, STRIDES and the anchor-file
 reader live. ``build_targets`` works on one image in NumPy (it runs inside the input
 pipeline's workers, after all geometric augmentation); difficult boxes are removed before it
-is called (utils/augment.py drops them by default), so every box given here is a training box.
+is called (utils/data/augment.py drops them by default), so every box given here is a training box.
 Degenerate boxes (width or height <= 0) are ignored. ``gt_boxes`` keeps the first
 ``max_boxes`` boxes in the order given; y_true always holds every box.
 """
@@ -66,6 +66,7 @@ from utils.boxes import wh_iou, xyxy_to_cxcywh
 
 ANCHOR_MASKS = [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
 STRIDES = [32, 16, 8]
+TARGET_KEYS = ("y32", "y16", "y8")  # the batch dict's keys of the three target grids, in STRIDES order
 NUM_ANCHORS = 9
 DEFAULT_IOU_THRESH = 0.213
 DEFAULT_ANCHORS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

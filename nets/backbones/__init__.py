@@ -1,14 +1,17 @@
 """Backbone registry: a name ("mobilenetv2") maps to a builder.
 
-Every builder has the signature ``builder(inputs, alpha, weights, **options)`` and returns
-the three feature maps ``[C3, C4, C5]`` at strides 8, 16 and 32 of ``inputs``. Adding a
-backbone means writing one builder module and one ``register`` call; nothing else changes.
+Every builder is named ``build_<registered name>``, has the signature
+``build_x(inputs, alpha, weights, **options)`` and returns the three feature maps
+``[C3, C4, C5]`` at strides 8, 16 and 32 of ``inputs``. Adding a backbone means adding one
+module to this folder that defines its builder and calls :func:`register`: the registry
+imports every module of the folder by itself, and nothing else changes.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import os
+import pkgutil
 from typing import Callable, Sequence
 
 import keras
@@ -26,20 +29,14 @@ class BackboneSpec:
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
-# Modules that register backbones on import (one per family).
-_MODULES = (
-    "nets.backbones.keras_apps",
-    "nets.backbones.ghostnet",
-    "nets.backbones.shufflenet",
-    "nets.backbones.squeezenet",
-    "nets.backbones.cspdarknet",
-)
 _loaded = False
 
 
 def register(name: str, builder: Callable, alphas: Sequence[float], default_alpha: float = 1.0,
              keras_applications: bool = False, paper: str = "") -> None:
     name = name.lower()
+    if builder.__name__ != f"build_{name}":
+        raise ValueError(f"the builder of backbone {name!r} must be named build_{name}, not {builder.__name__}")
     if name in _REGISTRY:
         raise ValueError(f"backbone {name!r} is registered twice")
     _REGISTRY[name] = BackboneSpec(name, builder, tuple(float(a) for a in alphas),
@@ -47,11 +44,13 @@ def register(name: str, builder: Callable, alphas: Sequence[float], default_alph
 
 
 def _load_all() -> None:
+    """Import every module of this folder once; each registers its backbones on import."""
     global _loaded
     if not _loaded:
-        for module in _MODULES:
-            importlib.import_module(module)
         _loaded = True
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{info.name}")
 
 
 def available_backbones() -> list[str]:

@@ -48,7 +48,7 @@ def apply_csp_stage(x, filters: int, blocks: int, narrow: bool = True, weight_de
     return conv(x, filters, 1, 1, "out")
 
 
-def cspdarknet53(inputs, alpha: float = 1.0, weights=None, *, weight_decay: float = 0.0):
+def build_cspdarknet53(inputs, alpha: float = 1.0, weights=None, *, weight_decay: float = 0.0):
     """CSPDarknet53 -> [C3, C4, C5] = outputs of the 256-, 512- and 1024-channel stages.
 
     ``alpha`` 0.5 halves every width (C3/C4/C5 = 128/256/512). Layer names start with
@@ -70,5 +70,5 @@ def cspdarknet53(inputs, alpha: float = 1.0, weights=None, *, weight_decay: floa
     return feats
 
 
-register("cspdarknet53", cspdarknet53, ALPHAS, 1.0, keras_applications=False,
+register("cspdarknet53", build_cspdarknet53, ALPHAS, 1.0, keras_applications=False,
          paper="Bochkovskiy et al., YOLOv4, 2020 (arXiv:2004.10934); Wang et al., CSPNet, CVPRW 2020")

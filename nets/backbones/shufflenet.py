@@ -97,7 +97,7 @@ def apply_shufflev1_unit(x, out_channels: int, strides: int, groups: int, group_
     return layers.Activation("relu", name=f"{name}_relu")(y)
 
 
-def shufflenet_v1(inputs, alpha: float = 1.0, weights=None, *, groups: int = 3, weight_decay: float = 0.0):
+def build_shufflenetv1(inputs, alpha: float = 1.0, weights=None, *, groups: int = 3, weight_decay: float = 0.0):
     """ShuffleNetV1 ``alpha``x with ``groups`` groups -> [C3, C4, C5] (stages 2, 3, 4).
 
     Layer names start with ``shufflev1_``; the taps are ``shufflev1_stage{2,3,4}_unit{n}_relu``.
@@ -154,7 +154,7 @@ def apply_shufflev2_unit(x, out_channels: int, strides: int, weight_decay: float
     return ChannelShuffle(2, name=f"{name}_shuffle")(y)
 
 
-def shufflenet_v2(inputs, alpha: float = 1.0, weights=None, *, weight_decay: float = 0.0):
+def build_shufflenetv2(inputs, alpha: float = 1.0, weights=None, *, weight_decay: float = 0.0):
     """ShuffleNetV2 ``alpha``x -> [C3, C4, C5] (stages 2, 3, 4; conv5 omitted).
 
     Layer names start with ``shufflev2_``; the taps are ``shufflev2_stage{2,3,4}_unit{n}_shuffle``.
@@ -172,7 +172,7 @@ def shufflenet_v2(inputs, alpha: float = 1.0, weights=None, *, weight_decay: flo
     return feats
 
 
-register("shufflenetv1", shufflenet_v1, V1_SCALES, 1.0, keras_applications=False,
+register("shufflenetv1", build_shufflenetv1, V1_SCALES, 1.0, keras_applications=False,
          paper="Zhang et al., ShuffleNet, CVPR 2018 (arXiv:1707.01083)")
-register("shufflenetv2", shufflenet_v2, tuple(V2_CHANNELS), 1.0, keras_applications=False,
+register("shufflenetv2", build_shufflenetv2, tuple(V2_CHANNELS), 1.0, keras_applications=False,
          paper="Ma et al., ShuffleNet V2, ECCV 2018 (arXiv:1807.11164)")

@@ -1,6 +1,6 @@
 """A small synthetic VOC dataset of coloured shapes, for the offline demo and for tests.
 
-    python -m utils.demo_data --out VOCdevkit/demo --num-images 300 --seed 0
+    python -m utils.data.demo_data --out VOCdevkit/demo --num-images 300 --seed 0
 
 Writes the exact VOC layout (Annotations/, JPEGImages/, ImageSets/Main/{train,val,test,
 trainval}.txt) plus demo_classes.txt (the same list as model_data/demo_classes.txt) and
@@ -31,7 +31,7 @@ import tempfile
 import cv2
 import numpy as np
 
-from utils.voc import split_ids
+from utils.data.voc import split_ids
 
 DEMO_CLASSES = ("circle", "square", "triangle", "star")
 # RGB, saturated, far from the muted backgrounds (which stay within ~45 of grey).
@@ -163,7 +163,7 @@ def render_sample(seed: int, index: int, image_size=None):
 
 def _xml(image_id: str, w: int, h: int, objects) -> str:
     parts = [f"<annotation>\n\t<folder>JPEGImages</folder>\n\t<filename>{image_id}.jpg</filename>\n"
-             f"\t<source>\n\t\t<database>synthetic shapes (utils/demo_data.py)</database>\n\t</source>\n"
+             f"\t<source>\n\t\t<database>synthetic shapes (utils/data/demo_data.py)</database>\n\t</source>\n"
              f"\t<size>\n\t\t<width>{w}</width>\n\t\t<height>{h}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
              f"\t<segmented>0</segmented>\n"]
     for o in objects:
@@ -177,7 +177,7 @@ def _xml(image_id: str, w: int, h: int, objects) -> str:
 
 
 def _manifest(num_images, image_size, seed) -> dict:
-    return {"generator": "utils.demo_data", "version": _VERSION, "num_images": int(num_images), "seed": int(seed),
+    return {"generator": "utils.data.demo_data", "version": _VERSION, "num_images": int(num_images), "seed": int(seed),
             "image_size": None if image_size is None else [int(v) for v in image_size],
             "classes": list(DEMO_CLASSES), "ratios": DEMO_RATIOS}
 

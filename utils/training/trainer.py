@@ -33,10 +33,10 @@ def _log(msg):
 
 def resolve_data(args):
     """(train_records, val_records, class_names) from the parsed options."""
-    from utils.voc import load_flat, load_voc, read_class_names
+    from utils.data.voc import load_flat, load_voc, read_class_names
 
     if args.demo:
-        from utils.demo_data import make_demo_dataset
+        from utils.data.demo_data import make_demo_dataset
         root = args.root[0] if args.root else DEMO_ROOT
         path = make_demo_dataset(root, num_images=args.demo_images, seed=0)
         args.root = [str(path)]
@@ -180,13 +180,14 @@ def run(args) -> dict:
     from nets.backbones import BackboneWeightsError
     from nets.loss import YoloTrainer, init_head_biases
     from nets.yolo import yolo_body
-    from utils import callbacks as cb
-    from utils.checkpoint import load_detector, load_weights
-    from utils.config import save_yaml
-    from utils.dataset import EpochSetter, TrainDataset
-    from utils.augment import AugmentConfig
+    from utils.training import callbacks as cb
+    from utils.checkpoint import load_weights
+    from utils.inference.runtime import open_model
+    from utils.training.config import save_yaml
+    from utils.data.dataset import EpochSetter, TrainDataset
+    from utils.data.augment import AugmentConfig
     from utils.evaluate import evaluate_records, format_table
-    from utils.predictor import Detector
+    from utils.inference.detector import Detector
     from utils.targets import load_anchors
 
     keras.utils.set_random_seed(args.seed)
@@ -225,7 +226,7 @@ def run(args) -> dict:
             if args.weights.endswith(".keras"):
                 # the shape-checked loader reads .weights.h5; go through one in a temporary
                 # folder so nothing is left in the run folder, even when loading fails
-                src, _ = load_detector(args.weights)
+                src = open_model(args.weights).model
                 with tempfile.TemporaryDirectory() as tmpdir:
                     tmp = os.path.join(tmpdir, "init.weights.h5")
                     src.save_weights(tmp)
@@ -298,7 +299,7 @@ def run(args) -> dict:
         data = ds.as_tf_dataset()
         if args.steps_per_epoch:
             data = data.take(steps)
-        trainer.fit(data, epochs=phase.end, initial_epoch=init_epoch, callbacks=callbacks,
+        trainer.fit(data, epochs=phase.end, initial_epoch=init_epoch, callbacks=callbacks, shuffle=False,
                     verbose=args.verbose)
         best_map = checkpoint.best_map
         start_epoch = phase.end
@@ -323,7 +324,7 @@ def run(args) -> dict:
 
 def main_guarded(args) -> int:
     """Run with one-line errors for the user's mistakes; Ctrl-C leaves the last epoch's state."""
-    from utils.voc import DatasetError
+    from utils.data.voc import DatasetError
     try:
         run(args)
     except (TrainError, DatasetError, FileNotFoundError, ValueError) as exc:

@@ -1,8 +1,9 @@
 """VOC-layout datasets: records of (image path, boxes, labels, difficult flags).
 
-Everything before augmentation lives here: class lists, the one image reader, VOC XML
-parsing, loading a split of one or several VOC roots (or of a flat folder pair), making
-splits, and dataset statistics for ``voc_annotation.py check``.
+Everything before augmentation lives here: class lists, VOC XML parsing and writing, and
+loading a split of one or several VOC roots (or of a flat folder pair). Images are read by
+utils/data/images.py; statistics, the split writer and the dataset check are in
+utils/data/check.py.
 
 Conventions
 -----------
@@ -40,24 +41,17 @@ from xml.etree.ElementTree import ParseError
 import defusedxml.ElementTree as SafeET
 import numpy as np
 from defusedxml import DefusedXmlException
-from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+from utils.data.images import IMAGE_EXTENSIONS, ImageReadError, exif_orientation, image_size, verify_image
+
 SPLIT_ORDER = ("train", "val", "test")
 SPLIT_FILES = ("train", "val", "test", "trainval")
-# COCO's area thresholds (pixels^2) for small / medium / large objects.
-COCO_SMALL, COCO_MEDIUM = 32 ** 2, 96 ** 2
-ALPHA_BACKGROUND = 128  # RGBA images are composited over the letterbox grey
 
 Log = Callable[[str], None] | None
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be used at all (missing folder, no usable image, bad split)."""
-
-
-class ImageReadError(ValueError):
-    """An image file that cannot be read (missing, corrupt, truncated, unsupported)."""
 
 
 class AnnotationError(ValueError):
@@ -119,109 +113,6 @@ def _class_list(class_names) -> list[str]:
     if not names:
         raise ValueError("empty class list")
     return names
-
-
-# ----------------------------------------------------------------------------- images
-
-def read_image(path) -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB: the one image reader of the project.
-
-    PIL is used (and not ``cv2.imread``) because it raises on truncated files, where OpenCV
-    silently returns a grey-filled image, and because it does not apply EXIF orientation:
-    the array is in the stored pixel frame, the frame the boxes are in. Modes: grayscale and
-    1-bit are replicated to 3 channels; RGBA / LA / palette-with-transparency are
-    composited over grey 128 (the letterbox padding value); palette is expanded; 16-bit
-    ('I;16', 'I') is scaled to 8 bit by round(v * 255 / 65535); CMYK / YCbCr / LAB / HSV are
-    converted by PIL. Raises :class:`ImageReadError` naming the file and the problem.
-    """
-    if isinstance(path, bytes):  # tf.numpy_function hands strings over as bytes
-        path = path.decode("utf-8")
-    path = os.fspath(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _to_rgb8(im, path)
-    except ImageReadError:
-        raise
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: image file not found") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not a readable image (unknown or corrupt format)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{path}: image too large to decode safely ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for truncated/corrupt data
-        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
-
-
-def _to_rgb8(im: Image.Image, path: str) -> np.ndarray:
-    mode = im.mode
-    if mode == "RGB":
-        arr = np.asarray(im)
-    elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        v = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-        g = ((v * 255 + 32767) // 65535).astype(np.uint8)
-        arr = np.repeat(g[..., None], 3, axis=-1)
-    elif mode == "F":
-        v = np.asarray(im, dtype=np.float32)
-        v = v * 255.0 if np.nanmax(v) <= 1.0 else v
-        g = np.clip(np.nan_to_num(v), 0, 255).round().astype(np.uint8)
-        arr = np.repeat(g[..., None], 3, axis=-1)
-    elif mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
-        rgba = np.asarray(im.convert("RGBA")).astype(np.uint16)
-        a = rgba[..., 3:4]
-        arr = ((rgba[..., :3] * a + ALPHA_BACKGROUND * (255 - a) + 127) // 255).astype(np.uint8)
-    else:  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX, ...
-        try:
-            arr = np.asarray(im.convert("RGB"))
-        except ValueError as e:
-            raise ImageReadError(f"{path}: unsupported image mode {mode!r} ({e})") from None
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ImageReadError(f"{path}: could not convert mode {mode!r} to 8-bit RGB (got {arr.shape} {arr.dtype})")
-    return np.ascontiguousarray(arr)
-
-
-def image_size(path) -> tuple[int, int]:
-    """(width, height) of an image file from its header only (PIL opens lazily, no decode).
-
-    The stored frame: EXIF orientation is not applied. Raises :class:`ImageReadError`.
-    """
-    path = os.fspath(path)
-    try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{path}: not a readable image ({e})") from None
-
-
-def verify_image(path) -> None:
-    """Check that an image decodes completely; raise :class:`ImageReadError` if not.
-
-    JPEGs are decoded in PIL's draft mode (libjpeg DCT scaling to about 1/8 size), which
-    still reads every entropy-coded byte, so truncation is caught at a fraction of the cost
-    of a full decode; other formats are decoded fully.
-    """
-    path = os.fspath(path)
-    try:
-        with Image.open(path) as im:
-            if im.format == "JPEG":
-                im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
-            im.load()
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: image file not found") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
-
-
-def _exif_orientation(path) -> int:
-    try:
-        with Image.open(path) as im:
-            return int(im.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - only used to enrich a warning
-        return 1
 
 
 # ----------------------------------------------------------------------------- XML
@@ -493,7 +384,7 @@ def _load_entries(entries: Sequence[_Entry], class_names: list[str], check_image
             continue
         for kind, msg in p.problems:
             if kind == "size mismatch":
-                o = _exif_orientation(e.image_path)
+                o = exif_orientation(e.image_path)
                 if o != 1:
                     msg += (f" (the image has EXIF orientation {o}; boxes are read in the stored pixel frame, "
                             "EXIF rotation is not applied)")
@@ -639,155 +530,6 @@ def load_flat(images_dir, annotations_dir, split: str | None, class_names, *, ra
     report = LoadReport(f"{images_dir} + {annotations_dir} [{split or 'all'}]")
     entries = _flat_entries(images_dir, annotations_dir, split, ratios, seed, report)
     return _finish(_load_entries(entries, names, check_images, report), report, log)
-
-
-# ----------------------------------------------------------------------------- statistics
-
-def dataset_stats(records: Sequence[VocRecord], class_names: Sequence[str]) -> dict:
-    """Images, negatives, boxes and difficult boxes per class, COCO size buckets, w/h ranges."""
-    names = list(class_names)
-    boxes = np.concatenate([r.boxes for r in records]) if records else np.zeros((0, 4), np.float32)
-    labels = np.concatenate([r.labels for r in records]) if records else np.zeros((0,), np.int32)
-    diff = np.concatenate([r.difficult for r in records]) if records else np.zeros((0,), bool)
-    wh = boxes[:, 2:] - boxes[:, :2]
-    area = wh.prod(axis=1)
-
-    def size_stats(sel):
-        w, h, a = wh[sel, 0], wh[sel, 1], area[sel]
-        out = {"boxes": int(sel.sum()), "difficult": int(diff[sel].sum()),
-               "small": int((a < COCO_SMALL).sum()), "medium": int(((a >= COCO_SMALL) & (a < COCO_MEDIUM)).sum()),
-               "large": int((a >= COCO_MEDIUM).sum())}
-        if sel.any():
-            out.update({f"{k}_{f.__name__}": float(f(v)) for k, v in (("w", w), ("h", h)) for f in (np.min, np.median, np.max)})
-        return out
-
-    per_class = {n: size_stats(labels == i) for i, n in enumerate(names)}
-    for i, n in enumerate(names):
-        per_class[n]["images"] = int(sum(1 for r in records if np.any(r.labels == i)))
-    sizes = np.array([(r.width, r.height) for r in records]) if records else np.zeros((0, 2))
-    return {"images": len(records), "negatives": int(sum(1 for r in records if len(r.boxes) == 0)),
-            "all": size_stats(np.ones(len(labels), bool)), "per_class": per_class,
-            "image_sizes": collections.Counter(map(tuple, sizes.astype(int).tolist()))}
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    cells = [header] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
-
-
-def format_split_table(splits: Mapping[str, Sequence[VocRecord]], class_names: Sequence[str]) -> str:
-    """Images and boxes per class per split, as a text table."""
-    rows = []
-    for name, recs in splits.items():
-        st = dataset_stats(recs, class_names)
-        rows.append([name, st["images"], st["negatives"], st["all"]["boxes"]]
-                    + [st["per_class"][c]["boxes"] for c in class_names])
-    return _table(["split", "images", "negatives", "boxes"] + list(class_names), rows)
-
-
-def format_stats(stats: dict) -> str:
-    """Per-class counts, COCO size buckets (area < 32^2 small, < 96^2 medium) and w/h ranges."""
-    rows = []
-    for name, s in list(stats["per_class"].items()) + [("all", stats["all"])]:
-        wh = (f"{s['w_min']:g}/{s['w_median']:g}/{s['w_max']:g}", f"{s['h_min']:g}/{s['h_median']:g}/{s['h_max']:g}") \
-            if s["boxes"] else ("-", "-")
-        rows.append([name, s.get("images", stats["images"]), s["boxes"], s["difficult"],
-                     s["small"], s["medium"], s["large"], *wh])
-    sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in stats["image_sizes"].most_common(5))
-    more = len(stats["image_sizes"]) - 5
-    return (f"images: {stats['images']} ({stats['negatives']} without boxes); image sizes: {sizes}"
-            + (f" and {more} more" if more > 0 else "") + "\n"
-            + _table(["class", "images", "boxes", "difficult", "small", "medium", "large",
-                      "w min/med/max", "h min/med/max"], rows))
-
-
-# ----------------------------------------------------------------------------- split tool + check
-
-def write_splits(root, class_names, ratios=(0.8, 0.1, 0.1), seed: int = 0, *, overwrite: bool = False,
-                 check_images: bool = True, log: Log = print) -> dict[str, list[str]]:
-    """Write ImageSets/Main/{train,val,test,trainval}.txt of a VOC root; returns the id lists.
-
-    Every usable image (annotation + readable image) is split with :func:`split_ids`; the
-    problems found are logged and the unusable ids left out. Existing split files are kept
-    unless ``overwrite`` (VOC ships official splits; replacing them by accident would make
-    results incomparable). Logs a table of images and boxes per class per split.
-    """
-    names = _class_list(class_names)
-    (root,) = _roots([root])
-    ratios = normalize_ratios(ratios)
-    main = root / "ImageSets" / "Main"
-    targets = [main / f"{s}.txt" for s in list(ratios) + (["trainval"] if {"train", "val"} <= set(ratios) else [])]
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise DatasetError(f"split files already exist: {', '.join(existing)} (pass --overwrite to replace them)")
-    records = load_voc(root, None, names, check_images=check_images, log=log)
-    by_id = {r.image_id: r for r in records}
-    parts = split_ids(by_id, ratios, seed)
-    main.mkdir(parents=True, exist_ok=True)
-    for name, ids in parts.items():
-        (main / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
-    if log is not None:
-        log(f"wrote {', '.join(str(main / f'{n}.txt') for n in parts)} (ratios {ratios}, seed {seed})")
-        log(format_split_table({n: [by_id[i] for i in ids] for n, ids in parts.items()}, names))
-    return parts
-
-
-@dataclasses.dataclass
-class CheckResult:
-    records: list
-    report: LoadReport
-    stats: dict
-    split_problems: list  # messages about ImageSets/Main files
-
-    def problems(self) -> list[str]:
-        return self.report.messages() + self.split_problems
-
-    def format(self) -> str:
-        lines = [self.report.summary(), format_stats(self.stats)]
-        probs = self.problems()
-        lines.append(f"{len(probs)} problem(s) found" + (":" if probs else ""))
-        lines += [f"  {m}" for m in probs]
-        return "\n".join(lines)
-
-
-def check_dataset(class_names, *, root=None, images_dir=None, annotations_dir=None,
-                  check_images: bool = True) -> CheckResult:
-    """Scan a whole VOC root (or a flat images + annotations folder pair) for problems.
-
-    Loads every id (no split), collects every problem with its file, computes
-    :func:`dataset_stats`, and for a VOC root also checks ImageSets/Main/*.txt: ids listed
-    without an annotation, and overlaps between train, val and test.
-    """
-    names = _class_list(class_names)
-    split_problems = []
-    if root is not None:
-        (root,) = _roots([root])
-        report = LoadReport(f"{root} [all]")
-        entries = _voc_entries(root, None, None, 0, report)
-        known = {e.image_id for e in entries if e.xml_path}
-        main = root / "ImageSets" / "Main"
-        lists = {s: read_split_file(main / f"{s}.txt") for s in SPLIT_FILES if (main / f"{s}.txt").is_file()}
-        for s, ids in lists.items():
-            missing = [i for i in ids if i not in known]
-            if missing:
-                split_problems.append(f"{main / (s + '.txt')}: {len(missing)} id(s) without annotation "
-                                      f"(first: {missing[0]})")
-        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-            if a in lists and b in lists:
-                both = sorted(set(lists[a]) & set(lists[b]))
-                if both:
-                    split_problems.append(f"{main}: {len(both)} id(s) in both {a}.txt and {b}.txt (first: {both[0]})")
-        if not lists:
-            split_problems.append(f"{main}: no split files (write them with `python voc_annotation.py --root {root}`)")
-    elif images_dir is not None and annotations_dir is not None:
-        report = LoadReport(f"{images_dir} + {annotations_dir} [all]")
-        entries = _flat_entries(images_dir, annotations_dir, None, None, 0, report)
-    else:
-        raise ValueError("check_dataset: give root=, or images_dir= and annotations_dir=")
-    records = _load_entries(entries, names, check_images, report)
-    return CheckResult(records, report, dataset_stats(records, names), split_problems)
 
 
 # ----------------------------------------------------------------------------- writing

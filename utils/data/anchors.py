@@ -1,6 +1,6 @@
 """Anchor boxes for a dataset: k-means on box shapes with the 1 - IoU distance.
 
-    python -m utils.anchors --root VOCdevkit/VOC2007 --split train --classes model_data/voc_classes.txt \\
+    python -m utils.data.anchors --root VOCdevkit/VOC2007 --split train --classes model_data/voc_classes.txt \\
         --input-size 416 --out model_data/my_anchors.txt --seed 0
 
 Box shapes are taken in the network-input frame (each image letterboxed to the input size,
@@ -104,9 +104,9 @@ def save_anchors(path, anchors):
 
 def main(argv=None):
     """Compute anchors for a dataset split and write them in the yolo_anchors.txt format."""
-    from utils.voc import load_voc, read_class_names
+    from utils.data.voc import load_voc, read_class_names
 
-    p = argparse.ArgumentParser(prog="python -m utils.anchors", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m utils.data.anchors", description=main.__doc__)
     p.add_argument("--root", action="append", required=True, help="VOC-layout dataset root (repeatable)")
     p.add_argument("--split", default="train")
     p.add_argument("--classes", required=True, help="class-name file, one per line")

@@ -20,7 +20,7 @@ scale; tf.data also keeps the order without the enqueuer, and its prefetch runs 
 training step in TensorFlow's own threads.
 
 Randomness: the order of epoch e is a permutation drawn from (seed, e); sample i of epoch e
-is augmented with a Generator drawn from (seed, e, i) (utils.augment.sample_rng), so batches
+is augmented with a Generator drawn from (seed, e, i) (utils.data.augment.sample_rng), so batches
 do not depend on worker count, scheduling or resumption. The trainer calls
 ``set_epoch(epoch, total_epochs)`` before each epoch (``EpochSetter`` callback does it from
 Keras' on_epoch_begin, which runs before fit creates the epoch's iterator); mosaic/mixup
@@ -38,11 +38,10 @@ import warnings
 import keras
 import numpy as np
 
-from utils.augment import AugmentConfig, Augmenter, letterbox_sample, sample_rng
-from utils.targets import DEFAULT_IOU_THRESH, build_targets, load_anchors, parse_input_hw
-from utils.voc import ImageReadError, read_image
+from utils.data.augment import AugmentConfig, Augmenter, letterbox_sample, sample_rng
+from utils.targets import DEFAULT_IOU_THRESH, TARGET_KEYS, build_targets, load_anchors, parse_input_hw
+from utils.data.images import ImageReadError, read_image
 
-TARGET_KEYS = ("y32", "y16", "y8")
 
 
 def _anchors(value):
@@ -55,8 +54,8 @@ def _anchors(value):
 
 
 def records_from_args(roots, split, classes_path):
-    """(records, class_names) for the CLIs: utils.voc.load_voc over ``roots``."""
-    from utils.voc import load_voc, read_class_names
+    """(records, class_names) for the CLIs: utils.data.voc.load_voc over ``roots``."""
+    from utils.data.voc import load_voc, read_class_names
     class_names = read_class_names(classes_path)
     return load_voc(roots, split, class_names), class_names
 
@@ -108,7 +107,7 @@ class TrainDataset(keras.utils.PyDataset):
     """Augmented training batches; see the module docstring.
 
     Args:
-      records: VocRecord list (utils.voc.load_voc).
+      records: VocRecord list (utils.data.voc.load_voc).
       num_classes: C.
       input_hw: network input (H, W) or S or "HxW", multiples of 32.
       batch_size: B.

@@ -1,8 +1,8 @@
 """Inputs and outputs of inference: sources (images, folders, globs, videos, webcams), the
 run folder, and the writers (annotated images and videos, JSON lines, VOC XML, crops).
 
-No model code here: utils/inference.py runs the detector and calls these. Images are read
-with utils.voc.read_image (the project's one image reader); video frames with OpenCV's
+No model code here: utils/inference/predict.py runs the detector and calls these. Images are read
+with utils.data.voc.read_image (the project's one image reader); video frames with OpenCV's
 VideoCapture (BGR, converted to RGB here). Everything in and out of these functions is RGB.
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ import sys
 import cv2
 import numpy as np
 
-from utils.voc import IMAGE_EXTENSIONS as _VOC_IMAGE_EXTENSIONS
-from utils.voc import ImageReadError, read_image, write_voc_xml
+from utils.data.images import IMAGE_EXTENSIONS as _VOC_IMAGE_EXTENSIONS
+from utils.data.images import ImageReadError, read_image
+from utils.data.voc import write_voc_xml
 
 # read_image uses PIL, which also reads these; the VOC loaders keep to the VOC set.
 IMAGE_EXTENSIONS = tuple(dict.fromkeys(_VOC_IMAGE_EXTENSIONS + (".webp", ".tif", ".tiff")))

@@ -1,13 +1,12 @@
-"""Inference runs behind predict.py: load a model of any supported format, detect over a
+"""Inference runs behind predict.py: detect over a
 source (images, folders, globs, videos, webcams), and the fps and heatmap modes.
 
-    load_model_any(path)          -> Detector (one loader per file format; .keras today)
     run_predict(detector, items, save_dir, options)   -> RunSummary
     run_heatmap(detector, items, save_dir)            -> RunSummary
     measure_latency(detector, image, runs)            -> per-step times; format_latency_table
 
 Every detection goes through the Detector's own steps (preprocess -> forward ->
-postprocess -> finish, utils/predictor.py), the same steps fps mode times, so what is
+postprocess -> finish, utils/inference/detector.py), the same steps fps mode times, so what is
 measured is what predict mode runs. A class filter (--classes) is applied to the raw heads
 before NMS: the logits of the other classes are pushed to -1e4 (probability 0, below any
 threshold), so the kept classes get their full --max-det and NMS never sees the others.
@@ -23,102 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from utils.inference_io import (Display, JsonLinesWriter, OutputNames, SourceItem, VideoReader, VideoReadError,
+from utils.inference.sources import (Display, JsonLinesWriter, OutputNames, SourceItem, VideoReader, VideoReadError,
                                 VideoWriter, detection_record, iter_images, save_crops, save_image,
                                 save_voc_prediction)
 
 _DROP_LOGIT = -1e4  # sigmoid(-1e4) == 0.0 in float32
-
-
-# ----------------------------------------------------------------------------- loading
-
-def _load_keras(path):
-    from utils.checkpoint import load_detector
-    from utils.predictor import Detector
-    model, meta = load_detector(path)
-    return model, meta, Detector
-
-
-def _load_export(path):
-    """A raw-heads export of utils/export.py (SavedModel folder, .tflite, .onnx): the Detector
-    takes its utils.runtime runtime in place of a Keras model."""
-    from utils.predictor import Detector
-    from utils.runtime import load_any
-    runtime = load_any(path)
-    return runtime, runtime.meta, Detector
-
-
-SAVED_MODEL = "saved_model"  # LOADERS key of SavedModel folders (a folder holding saved_model.pb)
-
-# suffix -> loader(path) returning (model, meta, detector class). Another backend registers
-# here with a class offering the Detector's preprocess / forward / postprocess / finish steps;
-# nothing else changes.
-LOADERS: dict[str, Callable] = {".keras": _load_keras, ".tflite": _load_export, ".onnx": _load_export,
-                                SAVED_MODEL: _load_export}
-
-
-def register_loader(suffix: str, loader: Callable) -> None:
-    """Make ``load_model_any`` open files ending in ``suffix`` with ``loader(path)``."""
-    LOADERS[suffix.lower()] = loader
-
-
-def load_model_any(path, input_size=None, **detector_kwargs):
-    """A ready Detector for a model file of any registered format (``LOADERS``).
-
-    ``input_size`` (an int or (H, W), multiples of 32) runs the model at another input size
-    than it was saved with; see :func:`with_input_size`. ``detector_kwargs`` are the
-    Detector's defaults (score_thresh, iou_thresh, max_det, nms).
-    Raises FileNotFoundError naming a missing file, ValueError for an unsupported format.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if os.path.isdir(path):
-        suffix = SAVED_MODEL if os.path.isfile(os.path.join(path, "saved_model.pb")) else None
-    else:
-        suffix = next((s for s in sorted(LOADERS, key=len, reverse=True) if path.lower().endswith(s)), None)
-    if suffix is None:
-        raise ValueError(f"{path}: unsupported model format; supported: {', '.join(sorted(LOADERS))} "
-                         "(a .keras file written by train.py, or an export of export.py)")
-    model, meta, detector_cls = LOADERS[suffix](path)
-    if input_size is not None and suffix != ".keras":
-        from utils.targets import parse_input_hw
-        if parse_input_hw(input_size) != tuple(int(v) for v in meta["input_shape"][:2]):
-            raise ValueError(f"{path}: an exported model runs at the input size it was exported at "
-                             f"({meta['input_shape'][0]}x{meta['input_shape'][1]}); leave --input-size out")
-    elif input_size is not None:
-        model, meta = with_input_size(model, meta, input_size)
-    return detector_cls(model, meta, **detector_kwargs)
-
-
-def with_input_size(model, meta: dict, input_size):
-    """The same network at another input size: ``(model, meta)`` with the new ``input_shape``.
-
-    The detector is fully convolutional, so its weights fit any input whose sides are
-    multiples of 32: the functional graph is cloned onto a new Input
-    (keras.models.clone_model) and the weights are copied. A model whose graph cannot be
-    rebuilt at that size (a layer fixed to a shape) raises ValueError saying so.
-    """
-    import keras
-
-    from utils.targets import parse_input_hw
-    hw = parse_input_hw(input_size)
-    old = tuple(int(v) for v in meta["input_shape"][:2])
-    if hw == old:
-        return model, meta
-    try:
-        inputs = keras.Input((*hw, 3), name=model.inputs[0].name.split(":")[0] or "image")
-        clone = keras.models.clone_model(model, input_tensors=inputs)
-        clone.set_weights(model.get_weights())
-    except Exception as exc:  # noqa: BLE001 - any failure means "cannot rebuild": say which
-        raise ValueError(f"this model cannot run at {hw[0]}x{hw[1]} (it was saved at {old[0]}x{old[1]}): "
-                         f"{type(exc).__name__}: {exc}; leave --input-size out") from None
-    want = [(hw[0] // s, hw[1] // s) for s in (32, 16, 8)]
-    got = [tuple(int(v) for v in o.shape[1:3]) for o in clone.outputs]
-    if got != want:
-        raise ValueError(f"this model cannot run at {hw[0]}x{hw[1]}: its outputs would be {got}, "
-                         f"not the grids {want} of strides 32, 16, 8; leave --input-size out")
-    return clone, {**meta, "input_shape": [hw[0], hw[1]]}
 
 
 # ----------------------------------------------------------------------------- classes
@@ -354,7 +262,7 @@ def _same_suffix(path):
 
 def run_predict(detector, items: list[SourceItem], save_dir, options: PredictOptions = None,
                 log: Callable[[str], None] | None = print) -> RunSummary:
-    """Detect over ``items`` (from utils.inference_io.resolve_source) and write the outputs.
+    """Detect over ``items`` (from utils.inference.sources.resolve_source) and write the outputs.
 
     Into ``save_dir``: annotated images (same name and format as the source) and videos
     (``<name>.mp4``, the source's fps), ``predictions.jsonl`` (one line per image or frame),
@@ -378,13 +286,13 @@ def run_predict(detector, items: list[SourceItem], save_dir, options: PredictOpt
 # ----------------------------------------------------------------------------- heatmap
 
 def run_heatmap(detector, items: list[SourceItem], save_dir, show: bool = False, alpha: float = 0.5) -> RunSummary:
-    """Objectness heatmaps (utils/heatmap.py) of each image, laid over it, as PNG files.
+    """Objectness heatmaps (utils/inference/heatmap.py) of each image, laid over it, as PNG files.
 
     Per image: ``<name>_heatmap.png`` (max over the scales) and ``<name>_heatmap_s32.png``,
     ``_s16``, ``_s8`` (one per output scale), each the size of the image. Videos and
     webcams get ``<name>.mp4`` of the combined map.
     """
-    from utils.heatmap import combine_maps, objectness_maps, overlay_heatmap
+    from utils.inference.heatmap import combine_maps, objectness_maps, overlay_heatmap
     summary = RunSummary()
     save_dir = os.fspath(save_dir)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from utils.decode import ANCHOR_MASKS, STRIDES, decode_head
+from utils.decode import decode_head
+from utils.targets import ANCHOR_MASKS, STRIDES
 from utils.letterbox import Letterbox
 
 

@@ -40,7 +40,6 @@ RandomZoom/RandomHue/MixUp accept {"images", "bounding_boxes"} in Keras 3.15, ch
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import cv2
@@ -239,7 +238,7 @@ class Augmenter:
     """Per-sample training augmentation with the mosaic/mixup epoch switch.
 
     ``load(record_index, rng) -> (image uint8 RGB, boxes xyxy source px, labels)`` is given by
-    the caller (utils/dataset.py's RecordLoader: reads the file, drops difficult boxes,
+    the caller (utils/data/dataset.py's RecordLoader: reads the file, drops difficult boxes,
     substitutes unreadable images). The switch state is plain attributes so a resumed run
     restores it with ``set_epoch(initial_epoch, total_epochs)``.
     """
@@ -281,43 +280,3 @@ class Augmenter:
                 sample = mixup(sample, other, float(rng.beta(cfg.mixup_beta, cfg.mixup_beta)))
             return sample
         return random_single(*load(index, rng), hw, rng, cfg)
-
-
-# ------------------------------------------------------------------------------- CLI
-
-def main(argv=None):
-    """Write a PNG grid of augmented training samples with their boxes and class names."""
-    from utils.dataset import TrainDataset, records_from_args
-    from utils.draw import draw_detections, image_grid
-
-    p = argparse.ArgumentParser(prog="python -m utils.augment", description=main.__doc__)
-    p.add_argument("--root", action="append", required=True, help="VOC-layout dataset root (repeatable)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--classes", required=True, help="class-name file, one per line")
-    p.add_argument("--out", default="samples.png")
-    p.add_argument("--num", type=int, default=16)
-    p.add_argument("--input-size", default="416", help="S or HxW, multiples of 32")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epoch", type=int, default=0)
-    p.add_argument("--special", choices=["on", "off", "schedule"], default="on",
-                   help="mosaic/mixup forced on, off, or per the epoch schedule")
-    args = p.parse_args(argv)
-
-    records, class_names = records_from_args(args.root, args.split, args.classes)
-    ds = TrainDataset(records, num_classes=len(class_names), input_hw=args.input_size, batch_size=1,
-                      seed=args.seed)
-    ds.set_epoch(args.epoch)
-    ds.set_special({"on": True, "off": False, "schedule": None}[args.special])
-    tiles = []
-    for i in range(min(args.num, len(ds.records))):
-        image, boxes, labels = ds.sample(i)
-        tiles.append(draw_detections(image, boxes, labels, class_names=class_names))
-    grid = image_grid(tiles)
-    if not cv2.imwrite(args.out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise SystemExit(f"could not write {args.out}")
-    print(f"wrote {args.out}: {len(tiles)} augmented samples of {len(ds.records)} records "
-          f"({ds.input_hw[0]}x{ds.input_hw[1]}, mosaic/mixup {'on' if ds.augmenter.special_enabled else 'off'})")
-
-
-if __name__ == "__main__":
-    main()

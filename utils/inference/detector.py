@@ -10,8 +10,8 @@ mode). Thresholds are tensor arguments of the compiled functions: changing them 
 retrace; the NMS kind and ``pre_nms_topk`` are Python values (one trace each).
 
 The network may also be an exported model: ``Detector.from_file`` takes a ``.keras`` file, a
-SavedModel folder, a ``.tflite`` or an ``.onnx`` file (raw-heads exports of utils/export.py);
-a non-Keras runtime (utils/runtime.py) replaces the model in ``forward`` and the decode + NMS
+SavedModel folder, a ``.tflite`` or an ``.onnx`` file (raw-heads exports of utils/inference/export.py);
+a non-Keras runtime (utils/inference/runtime.py) replaces the model in ``forward`` and the decode + NMS
 stay the same compiled ``postprocess``.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from utils.decode import DEFAULT_PRE_NMS_TOPK, NMS_KINDS, postprocess
 from utils.letterbox import letterbox_image, unletterbox_boxes
-from utils.runtime import KerasRuntime, Runtime
+from utils.inference.runtime import KerasRuntime, Runtime, open_model
 
 META_KEYS = ("class_names", "anchors", "input_shape")
 
@@ -36,7 +36,7 @@ class Detector:
     ``input_shape`` (H, W[, 3]) and, for information, ``backbone`` and ``alpha`` (the dict
     utils.checkpoint.load_detector returns). The keyword arguments are the defaults of
     :meth:`detect`. ``model`` is a keras.Model (the yolo body) or a raw-heads runtime of
-    utils.runtime (an exported model).
+    utils.inference.runtime (an exported model).
     """
 
     def __init__(self, model, meta: dict, score_thresh: float = 0.25, iou_thresh: float = 0.45,
@@ -50,7 +50,7 @@ class Detector:
         if self.runtime is not None and self.runtime.end_to_end:
             raise ValueError(f"{self.runtime.path} is an end-to-end export (NMS inside, thresholds fixed at export); "
                              "the Detector runs decode + NMS itself: use the raw-heads export of the same model "
-                             "(the file without _e2e), or run this one with utils.runtime.load_any")
+                             "(the file without _e2e), or run this one with utils.inference.runtime.open_model")
         self.model = model
         self.meta = dict(meta)
         self.class_names = [str(c) for c in meta["class_names"]]
@@ -80,18 +80,22 @@ class Detector:
         self._compiled = {}  # nms kind -> (fused, post) tf.functions
 
     @classmethod
-    def from_file(cls, path, num_threads: int | None = None, **kwargs) -> "Detector":
-        """Load a detector by file type: a ``.keras`` file written by train.py
-        (utils.checkpoint.load_detector), or a raw-heads export of utils/export.py: a
-        SavedModel folder, ``.tflite`` or ``.onnx`` (utils.runtime.load_any; ``num_threads``
-        for LiteRT and ONNX Runtime, default all cores).
+    def from_file(cls, path, num_threads: int | None = None, input_size=None, **kwargs) -> "Detector":
+        """A ready Detector for any detector file.
+
+        Args:
+            path: a ``.keras`` file written by train.py, or a raw-heads export of export.py (a
+                SavedModel folder, ``.tflite`` or ``.onnx``); opened by
+                ``utils.inference.runtime.open_model``.
+            num_threads: CPU threads of LiteRT and ONNX Runtime (default: all cores).
+            input_size: run a ``.keras`` model at another input size (multiples of 32).
+            **kwargs: the defaults of :meth:`detect` (score_thresh, iou_thresh, max_det, nms,
+                pre_nms_topk).
+
+        Returns:
+            A Detector; errors name the file (see ``open_model``).
         """
-        if os.fspath(path).lower().endswith(".keras"):
-            from utils.checkpoint import load_detector
-            model, meta = load_detector(path)
-            return cls(model, meta, **kwargs)
-        from utils.runtime import load_any
-        runtime = load_any(path, num_threads=num_threads)
+        runtime = open_model(path, num_threads=num_threads, input_size=input_size)
         return cls(runtime, runtime.meta, **kwargs)
 
     # ------------------------------------------------------------------ compiled parts
@@ -141,7 +145,7 @@ class Detector:
             image = np.asarray(image)
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"image {i}: expected a uint8 HxWx3 RGB array, got {image.dtype} "
-                                 f"{image.shape} (read files with utils.voc.read_image)")
+                                 f"{image.shape} (read files with utils.data.voc.read_image)")
             canvas, lb = letterbox_image(image, self.input_hw)
             batch.append(canvas)
             boxes.append(lb)

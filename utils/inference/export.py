@@ -4,7 +4,7 @@
                     ["saved_model", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx"],
                     end_to_end=True, calib_root="../shared/data/BCCD", calib_split="train")
 
-Each artifact gets a metadata JSON beside it (``<artifact>.json``, see utils/runtime.py,
+Each artifact gets a metadata JSON beside it (``<artifact>.json``, see utils/inference/runtime.py,
 which loads every format back): class names, anchors, input size and pre-processing
 (letterbox with grey 128, RGB, [0, 255]), input dtype and quantization, output names,
 layout and order, variant, NMS settings, size and sha256, and the parity measured right
@@ -56,8 +56,8 @@ import warnings
 
 import numpy as np
 
-from utils.checkpoint import atomic_path, load_detector
-from utils.runtime import E2E_OUTPUTS, file_digest, litert_interpreter, load_any, meta_path
+from utils.checkpoint import atomic_path
+from utils.inference.runtime import E2E_OUTPUTS, file_digest, litert_interpreter, meta_path, open_model
 from utils.targets import ANCHOR_MASKS, STRIDES
 
 FORMATS = ("saved_model", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx")
@@ -121,13 +121,13 @@ def _e2e_unsupported(fmt: str, nms: str) -> str:
 # ----------------------------------------------------------------------------- calibration
 
 def calibration_dataset(root, split, count: int, input_hw, class_names, seed: int = 0):
-    """Letterboxed calibration images: a utils.dataset.ValDataset (batch 1) over ``count`` records.
+    """Letterboxed calibration images: a utils.data.dataset.ValDataset (batch 1) over ``count`` records.
 
-    The records are a seeded random choice from one split of a VOC root (utils.voc.load_voc);
+    The records are a seeded random choice from one split of a VOC root (utils.data.voc.load_voc);
     the images go through the project's validation pre-processing (letterbox, grey 128).
     """
-    from utils.dataset import ValDataset
-    from utils.voc import load_voc
+    from utils.data.dataset import ValDataset
+    from utils.data.voc import load_voc
 
     if not os.path.isdir(root):
         raise ExportError(f"calibration root not found: {root}")
@@ -403,7 +403,8 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
     output convolutions of the int8 TFLite file in float32, "int8" makes it full-integer
     (see :func:`_int8_float_heads`). Returns one ExportResult per artifact.
     """
-    from utils.decode import DEFAULT_PRE_NMS_TOPK, NMS_KINDS, end_to_end_model
+    from nets.postprocess import end_to_end_model
+    from utils.decode import DEFAULT_PRE_NMS_TOPK, NMS_KINDS
 
     formats = list(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
@@ -499,7 +500,7 @@ def _describe(path, fmt, variant, seconds, base, extra, source, reference, image
     if quant:
         m["quantization"] = quant
     _write_json(meta_path(path), m)
-    rt = load_any(path)  # read the artifact back: its own input/output description and parity
+    rt = open_model(path)  # read the artifact back: its own input/output description and parity
     m.update(_io_meta(rt, variant, post))
     m["check"] = {"reference": "the keras model on the same images (calibration images when given, else noise)",
                   **_parity(rt, reference, images, variant)}
@@ -511,14 +512,17 @@ def _describe(path, fmt, variant, seconds, base, extra, source, reference, image
 def export_detector(weights, out_dir, formats=DEFAULT_FORMATS, end_to_end=False, calib_root=None,
                     calib_split="train", calib_images: int = 200, calib_seed: int = 0, stem=None,
                     int8_heads: str = "float", log=print, **postprocess) -> list[ExportResult]:
-    """Load a ``.keras`` detector (utils.checkpoint.load_detector) and :func:`export_model` it.
+    """Open a ``.keras`` detector (``utils.inference.runtime.open_model``) and :func:`export_model` it.
 
     ``calib_root``/``calib_split``/``calib_images``: the VOC root, split and number of images
     (seeded choice) that calibrate int8 and serve the parity check. ``postprocess``:
     nms, score_thresh, iou_thresh, max_det, pre_nms_topk of the end-to-end variant.
     """
     weights = os.fspath(weights)
-    model, meta = load_detector(weights)
+    runtime = open_model(weights)
+    if runtime.format != "keras":
+        raise ExportError(f"{weights}: a {runtime.format} export; export.py starts from the .keras file train.py wrote")
+    model, meta = runtime.model, runtime.meta
     if isinstance(model.output, dict):
         raise ExportError(f"{weights} is an end-to-end model; export the yolo body (train.py's best.keras)")
     calibration = None

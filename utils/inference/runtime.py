@@ -1,6 +1,6 @@
 """Run a detector from any of its files: ``.keras``, SavedModel folder, ``.tflite``, ``.onnx``.
 
-    rt = load_any("runs/export/exp/best_int8.tflite", num_threads=2)
+    rt = open_model("runs/export/exp/best_int8.tflite", num_threads=2)
     heads = rt(batch)        # letterboxed (B, H, W, 3) uint8 or float [0, 255] RGB
                              # -> raw variant: [stride 32, stride 16, stride 8] float32 arrays
                              # -> end-to-end variant: {"boxes", "scores", "classes", "num_valid"}
@@ -8,9 +8,9 @@
 
 Exported files carry their metadata in a JSON file beside them, named after the artifact
 plus ``.json`` (``best_fp32.tflite.json``, ``best_saved_model.json`` for the folder), written
-by utils/export.py. ``.keras`` files carry it inside (utils/checkpoint.py). A runtime only
+by utils/inference/export.py. ``.keras`` files carry it inside (utils/checkpoint.py). A runtime only
 runs the network: decoding and NMS stay in the one place, utils/decode.py (Detector in
-utils/predictor.py takes a runtime in place of a Keras model).
+utils/inference/detector.py takes a runtime in place of a Keras model).
 
 Loading checks the artifact against its metadata and names the file in every error: a
 missing or unreadable metadata file, a size or sha256 that differs from the one recorded at
@@ -31,7 +31,7 @@ import warnings
 
 import numpy as np
 
-from utils.targets import STRIDES
+from utils.targets import STRIDES, parse_input_hw
 
 META_SUFFIX = ".json"
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
@@ -192,12 +192,14 @@ class KerasRuntime(Runtime):
 
     format = "keras"
 
-    def __init__(self, path, model=None, meta=None):
+    def __init__(self, path, model=None, meta=None, input_size=None):
         import tensorflow as tf
 
         if model is None:
             from utils.checkpoint import load_detector
             model, meta = load_detector(path)
+        if input_size is not None:
+            model, meta = with_input_size(model, meta, input_size)
         meta = {"variant": "end_to_end" if isinstance(model.output, dict) else "raw", **meta}
         super().__init__(path, meta)
         self.model = model
@@ -342,23 +344,41 @@ def detect_format(path) -> str:
     raise RuntimeLoadError(f"{path}: unsupported model file; supported: .keras, a SavedModel folder, .tflite, .onnx")
 
 
-def load_any(path, num_threads: int | None = None) -> Runtime:
-    """A runtime for any detector file: ``.keras``, SavedModel folder, ``.tflite`` or ``.onnx``.
+def open_model(path, num_threads: int | None = None, input_size=None) -> Runtime:
+    """Open any detector file: the one model opener of the project.
 
-    ``num_threads``: CPU threads of LiteRT and ONNX Runtime (default: all cores). Raises
-    FileNotFoundError for a missing path and RuntimeLoadError (a ValueError) naming the file
-    for anything else (see the module docstring).
+    Args:
+        path: a ``.keras`` file written by train.py (utils.checkpoint.save_detector), or an
+            export of export.py: a SavedModel folder, a ``.tflite`` or an ``.onnx`` file, each
+            with its metadata JSON beside it.
+        num_threads: CPU threads of LiteRT and ONNX Runtime (default: all cores).
+        input_size: run a ``.keras`` model at another input size (an int or (H, W),
+            multiples of 32; the graph is rebuilt, see :func:`with_input_size`). Exports run at
+            the size they were exported at: another size is an error.
+
+    Returns:
+        A :class:`Runtime`: ``rt(batch)`` runs the network on a letterboxed batch, ``rt.meta``
+        is the detector's metadata (class names, anchors, input size, ...), and for a
+        ``.keras`` file ``rt.model`` is the Keras model. Detector, predict.py, eval_map.py,
+        export.py, train.py's ``--weights`` and the benchmarks all open files through here.
+
+    Raises:
+        FileNotFoundError for a missing path; RuntimeLoadError (a ValueError) naming the file
+        for anything else (see the module docstring).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file not found: {path}")
     fmt = detect_format(path)
     if fmt == "keras":
-        return KerasRuntime(path)
+        return KerasRuntime(path, input_size=input_size)
     meta = read_export_meta(path)
     if meta["format"] != fmt:
         raise RuntimeLoadError(f"{path}: a {fmt} file, but its metadata {meta_path(path)} describes a "
                                f"{meta['format']} export")
+    if input_size is not None and parse_input_hw(input_size) != tuple(int(v) for v in meta["input_shape"][:2]):
+        raise RuntimeLoadError(f"{path}: an exported model runs at the input size it was exported at "
+                               f"({meta['input_shape'][0]}x{meta['input_shape'][1]}); leave --input-size out")
     check_digest(path, meta)
     if fmt == "saved_model":
         return SavedModelRuntime(path, meta)
@@ -366,3 +386,31 @@ def load_any(path, num_threads: int | None = None) -> Runtime:
         return TFLiteRuntime(path, meta, num_threads=num_threads)
     return OnnxRuntime(path, meta, num_threads=num_threads)
 
+
+def with_input_size(model, meta: dict, input_size):
+    """The same network at another input size: ``(model, meta)`` with the new ``input_shape``.
+
+    The detector is fully convolutional, so its weights fit any input whose sides are
+    multiples of 32: the functional graph is cloned onto a new Input
+    (keras.models.clone_model) and the weights are copied. A model whose graph cannot be
+    rebuilt at that size (a layer fixed to a shape) raises ValueError saying so.
+    """
+    import keras
+
+    hw = parse_input_hw(input_size)
+    old = tuple(int(v) for v in meta["input_shape"][:2])
+    if hw == old:
+        return model, meta
+    try:
+        inputs = keras.Input((*hw, 3), name=model.inputs[0].name.split(":")[0] or "image")
+        clone = keras.models.clone_model(model, input_tensors=inputs)
+        clone.set_weights(model.get_weights())
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot rebuild": say which
+        raise ValueError(f"this model cannot run at {hw[0]}x{hw[1]} (it was saved at {old[0]}x{old[1]}): "
+                         f"{type(exc).__name__}: {exc}; leave --input-size out") from None
+    want = [(hw[0] // s, hw[1] // s) for s in STRIDES]
+    got = [tuple(int(v) for v in o.shape[1:3]) for o in clone.outputs]
+    if got != want:
+        raise ValueError(f"this model cannot run at {hw[0]}x{hw[1]}: its outputs would be {got}, "
+                         f"not the grids {want} of strides 32, 16, 8; leave --input-size out")
+    return clone, {**meta, "input_shape": [hw[0], hw[1]]}

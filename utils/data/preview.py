@@ -1,0 +1,50 @@
+"""A PNG grid of augmented training samples (what the model is fed), with boxes and class names.
+
+    python -m utils.data.preview --root VOCdevkit/VOC2007 --classes model_data/voc_classes.txt --out samples.png
+
+Its own module because it needs both the dataset (utils/data/dataset.py) and the augmenter
+the dataset imports; kept out of utils/data/augment.py so that the two never import each other.
+"""
+from __future__ import annotations
+
+import argparse
+
+import cv2
+
+from utils.data.dataset import TrainDataset, records_from_args
+from utils.draw import draw_detections, image_grid
+
+
+def main(argv=None):
+    """Write a PNG grid of augmented training samples with their boxes and class names."""
+    p = argparse.ArgumentParser(prog="python -m utils.data.preview", description=main.__doc__)
+    p.add_argument("--root", action="append", required=True, help="VOC-layout dataset root (repeatable)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--classes", required=True, help="class-name file, one per line")
+    p.add_argument("--out", default="samples.png")
+    p.add_argument("--num", type=int, default=16)
+    p.add_argument("--input-size", default="416", help="S or HxW, multiples of 32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--special", choices=["on", "off", "schedule"], default="on",
+                   help="mosaic/mixup forced on, off, or per the epoch schedule")
+    args = p.parse_args(argv)
+
+    records, class_names = records_from_args(args.root, args.split, args.classes)
+    ds = TrainDataset(records, num_classes=len(class_names), input_hw=args.input_size, batch_size=1,
+                      seed=args.seed)
+    ds.set_epoch(args.epoch)
+    ds.set_special({"on": True, "off": False, "schedule": None}[args.special])
+    tiles = []
+    for i in range(min(args.num, len(ds.records))):
+        image, boxes, labels = ds.sample(i)
+        tiles.append(draw_detections(image, boxes, labels, class_names=class_names))
+    grid = image_grid(tiles)
+    if not cv2.imwrite(args.out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise SystemExit(f"could not write {args.out}")
+    print(f"wrote {args.out}: {len(tiles)} augmented samples of {len(ds.records)} records "
+          f"({ds.input_hw[0]}x{ds.input_hw[1]}, mosaic/mixup {'on' if ds.augmenter.special_enabled else 'off'})")
+
+
+if __name__ == "__main__":
+    main()
