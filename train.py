@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+from utils.console import add_tf_logs_argument
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--neck-shortcut", action=argparse.BooleanOptionalAction, default=True,
                    help="residual five-conv blocks in the neck (default on; --no-neck-shortcut = the plain "
                         "reference neck, which barely trains from scratch: see nets/yolo.py)")
+    m.add_argument("--taps", choices=["expanded", "projected"], default=None,
+                   help="mobilenetv2 only: tap the expanded (192/576/1280 ch, default) or the projected block "
+                        "outputs (32/96/320 ch: 1.05 M parameters and 0.58 GFLOPs fewer at 416)")
     m.add_argument("--weights", help="initialise from a full checkpoint (.keras or .weights.h5); layers whose shape "
                                      "differs (e.g. heads for another class count) are skipped and listed")
 
@@ -101,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resume", action="store_true", help="continue the run in --save-dir from its last finished epoch")
     e.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard logs")
     e.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress: 0 silent, 1 bar, 2 line")
-    e.add_argument("--tf-logs", action="store_true",
-                   help="show TensorFlow's start-up logs (hidden by default; also YOLO_TF_LOGS=1)")
+    add_tf_logs_argument(e)
     e.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
                    help="tf.distribute strategy; the global batch is split over replicas")
     return p
@@ -125,6 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         argv = ["--config", os.path.join(args.save_dir, "config.yaml")] + [a for a in argv if a != "--config"]
         args = parse_with_config(build_parser(), argv)
         args.resume = True
+    if args.taps and args.backbone.lower() != "mobilenetv2":
+        raise ValueError(f"--taps is a mobilenetv2 option; backbone {args.backbone!r} has one set of taps")
     if args.lr is None:
         args.lr = 1e-2 if args.optimizer == "sgd" else 2e-2
     if args.freeze_epochs is None:

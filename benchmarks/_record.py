@@ -40,7 +40,17 @@ def machine() -> str:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     model = model or platform.processor() or platform.machine() or "unknown CPU"
-    return f"{model}, {cpus or os.cpu_count()} CPUs ({usable} usable)"
+    return f"{model}, {cpus or os.cpu_count()} CPUs ({usable} usable), {simd_features()}"
+
+
+def simd_features() -> str:
+    """``AVX-512 yes, VNNI yes`` from /proc/cpuinfo: int8 and oneDNN speeds depend on them."""
+    from utils.console import cpu_flags
+    flags = cpu_flags()
+    if flags is None:
+        return "AVX-512 unknown, VNNI unknown"
+    yes = lambda flag: "yes" if flag in flags else "no"  # noqa: E731
+    return f"AVX-512 {yes('avx512f')}, VNNI {yes('avx512_vnni')}"
 
 
 def load_average() -> str:

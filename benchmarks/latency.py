@@ -139,15 +139,25 @@ def random_input(input_hw):
 
 
 # ----------------------------------------------------------------------------- table
-def measure_backbone(name, alpha, input_hw, num_classes, runs, warmup, frozen=False) -> dict:
+def measure_backbone(name, alpha, input_hw, num_classes, runs, warmup, frozen=False, compare=False) -> dict:
+    """Times what the Detector runs: the body with its batch norms folded (nets/fold.py).
+
+    ``compare``: also the body as it was before the speed work (Keras' BatchNormalization,
+    not folded), in the same interleaved runs. ``frozen``: the folded graph with its
+    variables as constants.
+    """
     import keras
 
+    from nets.fold import fold_batchnorm
+    from nets.layers import use_keras_batchnorm
     from nets.summary import conv_flops
     from nets.yolo import yolo_body
 
     model = yolo_body(input_hw, num_classes, backbone=name, alpha=alpha)
-    fn = compiled_call(model, input_hw)
+    fn = compiled_call(fold_batchnorm(model), input_hw)
     calls = {"tf.function": fn}
+    if compare:
+        calls["before"] = compiled_call(use_keras_batchnorm(model), input_hw)
     if frozen:
         calls["frozen"] = frozen_call(fn)
     times = time_interleaved(calls, random_input(input_hw), runs, warmup)
@@ -161,7 +171,9 @@ def measure_backbone(name, alpha, input_hw, num_classes, runs, warmup, frozen=Fa
 
 def format_table(rows) -> list[str]:
     frozen = any("frozen" in r for r in rows)
+    before = any("before" in r for r in rows)
     head = ["backbone", "alpha", "params M", "GFLOPs", "median ms", "mean ms", "p90 ms", "min ms", "CPU ms"]
+    head += ["before median", "before CPU", "speed-up"] if before else []
     head += ["frozen median", "frozen CPU"] if frozen else []
     head += ["load 1-min"]
     body = []
@@ -169,6 +181,10 @@ def format_table(rows) -> list[str]:
         t = r["tf.function"]
         line = [r["backbone"], f"{r['alpha']:g}", f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}",
                 f"{t['median']:.1f}", f"{t['mean']:.1f}", f"{t['p90']:.1f}", f"{t['min']:.1f}", f"{t['cpu']:.1f}"]
+        if before:
+            b = r.get("before")
+            line += ([f"{b['median']:.1f}", f"{b['cpu']:.1f}", f"{b['median'] / t['median']:.2f}x"] if b
+                     else ["", "", ""])
         if frozen:
             line += [f"{r['frozen']['median']:.1f}", f"{r['frozen']['cpu']:.1f}"] if "frozen" in r else ["", ""]
         body.append(line + [f"{r['load']:.2f}"])
@@ -333,6 +349,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: TensorFlow's, = cores)")
     p.add_argument("--inter-threads", type=int, default=0, help="inter-op threads (default 0: TensorFlow's)")
     p.add_argument("--frozen", action="store_true", help="also time the frozen graph (variables as constants)")
+    p.add_argument("--compare-bn", action="store_true",
+                   help="also time the body as before the speed work (Keras BatchNormalization, not folded)")
     p.add_argument("--breakdown", metavar="NAME", help="time backbone / neck / heads of this backbone and profile it")
     p.add_argument("--breakdown-runs", type=int, default=60, help="timed calls per part in --breakdown (default 60)")
     p.add_argument("--sweep", action="store_true", help="thread and oneDNN settings, one child process each")
@@ -374,7 +392,7 @@ def main(argv=None) -> int:
               f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}", flush=True)
         for name in names:
             rows.append(measure_backbone(name, alphas[name], hw, args.num_classes, args.runs, args.warmup,
-                                         args.frozen))
+                                         args.frozen, args.compare_bn))
             if not args.json:
                 table = format_table(rows)
                 print("\n".join(table[:2] if len(rows) == 1 else table[-1:]), flush=True)
@@ -385,8 +403,12 @@ def main(argv=None) -> int:
         blocks.append(f"Batch-1 latency of the compiled model call (tf.function, no XLA), {hw[0]}x{hw[1]}, "
                       f"{args.num_classes} classes, random weights, {args.runs} runs after {args.warmup} warm-up; "
                       "CPU ms = median process CPU time per call (all threads); load 1-min = load average at the "
-                      "end of that backbone's runs" + ("; frozen = variables folded into constants" if args.frozen
-                                                        else "") + ":")
+                      "end of that backbone's runs; the model timed is what the Detector runs, batch norms folded "
+                      "into the convolutions (nets/fold.py)"
+                      + ("; before = the body with Keras' BatchNormalization, not folded (the model before the "
+                         "speed work), timed in the same interleaved runs; speed-up = before / median"
+                         if args.compare_bn else "")
+                      + ("; frozen = variables folded into constants" if args.frozen else "") + ":")
         blocks.append(table)
         goal = next((r for r in rows if (r["backbone"], r["alpha"], args.num_classes) == GOAL[:3]), None)
         if goal and hw == (416, 416):

@@ -25,33 +25,49 @@ SECTION = "Training step throughput"
 GOAL = 5.0  # images/s at batch 8, the training issue's target
 
 
-def step_throughput(backbone="mobilenetv2", alpha=1.0, size=416, batch=8, steps=10):
-    """(images/s, seconds/step) of a bare training step on a fixed BCCD batch."""
+def step_throughput(backbone="mobilenetv2", alpha=1.0, size=416, batch=8, steps=10, compare=False):
+    """{variant: (images/s, seconds/step)} of a bare training step on a fixed BCCD batch.
+
+    Variant "after" is the body train.py builds (the fused BatchNormalization of nets/layers.py);
+    with ``compare``, "before" is the same body with Keras' own BatchNormalization (the model
+    before the speed work), stepped in turn with "after" so that load hits both alike. The
+    figure is the median step time.
+    """
+    import statistics
+
     import keras
+    from nets.layers import use_keras_batchnorm
     from nets.loss import YoloTrainer
     from nets.yolo import yolo_body
     from utils.data.dataset import TrainDataset
-    from utils.targets import load_anchors
     from utils.data.voc import load_voc
+    from utils.targets import load_anchors
+    from utils.training.trainer import with_ema_warmup
 
     hw = (size, size)
     recs = load_voc(str(BCCD), "train", str(ROOT / "model_data" / "bccd_classes.txt"), log=None)
     anchors = load_anchors()
     x, y = TrainDataset(recs, 3, hw, batch, anchors).batch(0)
     body = yolo_body(hw, 3, backbone=backbone, alpha=alpha, weight_decay=0.0)
-    trainer = YoloTrainer(body, anchors, 3, hw)
-    from utils.training.trainer import with_ema_warmup
-    # the optimizer class train.py builds (utils.training.trainer.make_optimizer): AdamW with the EMA warm-up
-    opt = with_ema_warmup(keras.optimizers.AdamW)(1e-4, use_ema=True, weight_decay=5e-4, clipnorm=10.0)
-    trainer.compile(optimizer=opt, jit_compile=False)
-    opt.build(trainer.trainable_variables)
-    for _ in range(2):  # trace + warm-up
-        trainer.train_on_batch(x, y)
-    t = time.perf_counter()
+    bodies = {"after": body, **({"before": use_keras_batchnorm(body)} if compare else {})}
+    trainers = {}
+    for name, net in bodies.items():
+        trainer = YoloTrainer(net, anchors, 3, hw)
+        # the optimizer class train.py builds (utils.training.trainer.make_optimizer): AdamW with the EMA warm-up
+        opt = with_ema_warmup(keras.optimizers.AdamW)(1e-4, use_ema=True, weight_decay=5e-4, clipnorm=10.0)
+        trainer.compile(optimizer=opt, jit_compile=False)
+        opt.build(trainer.trainable_variables)
+        for _ in range(2):  # trace + warm-up
+            trainer.train_on_batch(x, y)
+        trainers[name] = trainer
+    times = {name: [] for name in trainers}
     for _ in range(steps):
-        trainer.train_on_batch(x, y)
-    dt = (time.perf_counter() - t) / steps
-    return batch / dt, dt
+        for name, trainer in trainers.items():
+            t = time.perf_counter()
+            trainer.train_on_batch(x, y)
+            times[name].append(time.perf_counter() - t)
+    keras.backend.clear_session()
+    return {name: (batch / statistics.median(v), statistics.median(v)) for name, v in times.items()}
 
 
 def main(argv=None):
@@ -61,6 +77,8 @@ def main(argv=None):
                    help="backbone:alpha:input-size settings to time (default: the BCCD benchmark's, then lighter)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--compare-bn", action="store_true",
+                   help="also step the body with Keras' BatchNormalization (before the speed work), in turn")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     if not (BCCD / "Annotations").is_dir():
@@ -72,12 +90,20 @@ def main(argv=None):
             configs.append((backbone, float(alpha), int(size)))
         except ValueError:
             p.error(f"--configs: expected backbone:alpha:size (e.g. mobilenetv2:0.5:320), got {spec!r}")
-    lines = [f"batch {args.batch_size}, AdamW + EMA, mean of {args.steps} steps after 2 warm-up steps; "
-             f"goal of the training issue: >= {GOAL:g} images/s", "",
-             f"{'backbone':12s} {'alpha':>5s} {'input':>5s} {'s/step':>7s} {'images/s':>8s}  goal"]
+    lines = [f"batch {args.batch_size}, AdamW + EMA, median of {args.steps} steps after 2 warm-up steps"
+             + ("; before = Keras' BatchNormalization, after = the fused one train.py uses, stepped in turn"
+                if args.compare_bn else "")
+             + f"; goal of the training issue: >= {GOAL:g} images/s", "",
+             f"{'backbone':12s} {'alpha':>5s} {'input':>5s} {'s/step':>7s} {'images/s':>8s}  goal"
+             + ("   before s/step  before images/s  speed-up" if args.compare_bn else "")]
     for backbone, alpha, size in configs:
-        ips, dt = step_throughput(backbone, alpha, size, args.batch_size, args.steps)
-        lines.append(f"{backbone:12s} {alpha:5g} {size:5d} {dt:7.2f} {ips:8.1f}  {'met' if ips >= GOAL else 'not met'}")
+        res = step_throughput(backbone, alpha, size, args.batch_size, args.steps, args.compare_bn)
+        ips, dt = res["after"]
+        line = f"{backbone:12s} {alpha:5g} {size:5d} {dt:7.2f} {ips:8.1f}  {'met' if ips >= GOAL else 'not met'}"
+        if "before" in res:
+            b_ips, b_dt = res["before"]
+            line += f"   {b_dt:14.2f}  {b_ips:15.1f}  {ips / b_ips:7.2f}x"
+        lines.append(line)
         print(lines[-1], flush=True)
     print("\n".join(lines))
     if not args.no_record:

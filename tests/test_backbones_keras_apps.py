@@ -1,5 +1,6 @@
 """keras.applications backbones (nets/backbones/keras_apps.py): taps, shapes, preprocessing,
-stable names, registry entries and the ImageNet-weights paths (offline error, cached file)."""
+stable names, the backbone contract and the ImageNet-weights paths (offline error, cached file).
+(Their registry entries: tests/test_backbones.py.)"""
 import importlib
 import functools
 import re
@@ -17,6 +18,7 @@ from keras.src.legacy.saving import legacy_h5_format
 from keras.src.utils import file_utils
 
 import nets.backbones as registry
+from _helpers import check_backbone_contract
 from nets.backbones import BackboneWeightsError, build_backbone
 from nets.backbones import keras_apps as ka
 
@@ -153,24 +155,10 @@ def test_weight_decay_is_l2_on_every_conv_kernel():
     assert model.get_layer("conv_dw_1").get_config()["depthwise_regularizer"] is not None
 
 
-def test_registry_entries(only_this_registry):
-    assert set(BUILDERS) <= set(registry.available_backbones())
-    for name, alphas in [("mobilenetv1", (0.25, 0.5, 0.75, 1.0)),
-                         ("mobilenetv2", (0.5, 0.75, 1.0, 1.3)),
-                         ("mobilenetv3large", (0.75, 1.0)), ("mobilenetv3small", (0.75, 1.0)),
-                         ("densenet121", (1.0,))]:
-        spec = registry.get_spec(name)
-        assert spec.alphas == alphas and spec.default_alpha == 1.0
-        assert spec.keras_applications and spec.paper and spec.builder is BUILDERS[name]
-    assert registry.check_alpha("MobileNetV2", None) == 1.0
-
-
-def test_registry_rejects_unknown_alpha_listing_valid_ones(only_this_registry):
-    with pytest.raises(ValueError, match=r"alpha 0\.35 is not valid for backbone 'mobilenetv2'; "
-                                         r"valid: 0\.5, 0\.75, 1, 1\.3"):
-        registry.check_alpha("mobilenetv2", 0.35)
-    with pytest.raises(ValueError, match=r"'densenet121'; valid: 1$"):
-        build_backbone("densenet121", keras.Input((64, 64, 3)), alpha=0.5)
+def test_backbone_contract():
+    # (MobileNetV3-Small's safe reload is checked above; DenseNet121's would take ~20 s)
+    _, channels = check_backbone_contract("mobilenetv2", 0.5, (64, 96))
+    assert tuple(channels) == CASES[("mobilenetv2", 0.5)]
 
 
 def test_builders_reject_bad_inputs():
@@ -251,3 +239,26 @@ def test_batchnorm_momentum_is_the_projects_and_is_used():
     batch_mean = np.asarray(keras.Model(inputs, bn.input)(x)).mean(axis=(0, 1, 2))
     model(x, training=True)  # one update from the initial moving mean 0
     np.testing.assert_allclose(np.asarray(bn.moving_mean), (1 - 0.97) * batch_mean, rtol=1e-4, atol=1e-6)
+
+
+def test_mobilenetv2_projected_taps_are_the_block_outputs():
+    inputs = keras.Input((128, 128, 3))
+    feats = build_backbone("mobilenetv2", inputs, alpha=1.0, taps="projected")
+    # stride 8/16/32 linear block outputs: 32, 96, 320 channels (Sandler et al. 2018, Table 2)
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 16, 32), (8, 8, 96), (4, 4, 320)]
+    expanded = build_backbone("mobilenetv2", keras.Input((128, 128, 3)), alpha=1.0)
+    assert [f.shape[-1] for f in expanded] == [192, 576, 1280]
+    with pytest.raises(ValueError, match="taps must be one of expanded, projected"):
+        build_backbone("mobilenetv2", keras.Input((128, 128, 3)), taps="middle")
+
+
+def test_projected_taps_drop_the_last_conv_and_narrow_the_neck_inputs():
+    from nets.yolo import yolo_body
+    a = yolo_body((128, 128), 20, "mobilenetv2", taps="expanded")
+    b = yolo_body((128, 128), 20, "mobilenetv2", taps="projected")
+    names_b = {l.name for l in b.layers}
+    assert "Conv_1" in {l.name for l in a.layers} and "Conv_1" not in names_b
+    # hand count: Conv_1 (320*1280) + its BN (4*1280) and the three 1x1 convs on the taps
+    # (1280->512, 576->256, 192->128) against (320->512, 96->256, 32->128)
+    want = 320 * 1280 + 4 * 1280 + (1280 - 320) * 512 + (576 - 96) * 256 + (192 - 32) * 128
+    assert a.count_params() - b.count_params() == want

@@ -85,6 +85,14 @@ def test_no_dataset_says_so_and_offers_the_demo(tmp_path, monkeypatch, capsys):
     assert "no VOC data under VOCdevkit/VOC2007" in err and "python train.py --demo" in err
 
 
+def test_taps_of_another_backbone_is_refused_before_anything_starts(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(["--backbone", "ghostnet", "--taps", "projected", "--save-dir", str(run)]) == 2
+    captured = capsys.readouterr()
+    assert "--taps is a mobilenetv2 option" in captured.err
+    assert "device:" not in captured.out and not run.exists()  # nothing started, nothing written
+
+
 def _interrupt_at(epoch):
     """A batch hook that raises KeyboardInterrupt (as Ctrl-C does) in the middle of ``epoch``."""
     def hook(self, batch, logs=None):
@@ -93,8 +101,9 @@ def _interrupt_at(epoch):
     return hook
 
 
+@pytest.mark.slow
 def test_interrupt_mid_epoch_then_resume_continues_and_writes_every_output(demo_root, tmp_path, monkeypatch):
-    from utils import callbacks
+    from utils.training import callbacks
 
     save = tmp_path / "run"
     monkeypatch.setattr(callbacks.NanGuard, "on_train_batch_begin", _interrupt_at(1))
@@ -130,6 +139,7 @@ def test_interrupt_mid_epoch_then_resume_continues_and_writes_every_output(demo_
     np.testing.assert_allclose([float(r["lr"]) for r in rows], want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(demo_root, tmp_path, monkeypatch,
                                                                            capsys):
     from utils.data.dataset import TrainDataset

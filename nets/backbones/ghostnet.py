@@ -22,7 +22,7 @@ import keras
 from keras import layers
 
 from nets.backbones import register
-from nets.layers import (BN_EPS, BN_MOMENTUM, ChannelSlice, _regularizer, apply_conv_bn,
+from nets.layers import (BN_EPS, BN_MOMENTUM, BatchNormalization, ChannelSlice, _regularizer, apply_conv_bn,
                          apply_dw_bn, make_divisible)
 
 PREFIX = "ghost"
@@ -78,8 +78,7 @@ def apply_ghost_module(x, out_channels: int, ratio: int = 2, dw_kernel: int = 3,
                                        use_bias=False,
                                        depthwise_regularizer=_regularizer(weight_decay),
                                        name=f"{name}_cheap_dwconv")(primary)
-        cheap = layers.BatchNormalization(epsilon=BN_EPS, momentum=BN_MOMENTUM,
-                                          name=f"{name}_cheap_dwbn")(cheap)
+        cheap = BatchNormalization(epsilon=BN_EPS, momentum=BN_MOMENTUM, name=f"{name}_cheap_dwbn")(cheap)
         if act:
             cheap = layers.Activation(act, name=f"{name}_cheap_dw{act}")(cheap)
     out = layers.Concatenate(name=f"{name}_concat")([primary, cheap])
@@ -154,4 +153,4 @@ def build_ghostnet(inputs, alpha: float = 1.0, weights=None, *, weight_decay: fl
     return feats
 
 
-register("ghostnet", build_ghostnet, ALPHAS, 1.0, keras_applications=False, paper=PAPER)
+register("ghostnet", build_ghostnet, ALPHAS, 1.0, keras_applications=False, paper=PAPER, rank=20)

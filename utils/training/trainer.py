@@ -205,10 +205,11 @@ def run(args) -> dict:
     hw = tuple(args.input_size) if len(args.input_size) == 2 else (args.input_size[0],) * 2
     if hw[0] % 32 or hw[1] % 32:
         raise TrainError(f"--input-size must be multiples of 32, got {hw[0]}x{hw[1]}")
-    config = {k: v for k, v in vars(args).items() if k not in ("config",)}
+    config = {k: v for k, v in vars(args).items() if k not in ("config", "tf_logs")}
     save_yaml(config, os.path.join(save_dir, "config.yaml"))
+    backbone_options = {"taps": args.taps} if getattr(args, "taps", None) else {}  # checked in train.py
     meta = {"backbone": args.backbone, "alpha": args.alpha, "neck_shortcut": args.neck_shortcut,
-            "class_names": class_names,
+            **backbone_options, "class_names": class_names,
             "anchors": anchors, "input_shape": hw, "anchors_per_scale": 3}
     _log(f"train: {len(train_records)} images, val: {len(val_records)} images, {len(class_names)} classes, "
          f"input {hw[0]}x{hw[1]}, backbone {args.backbone} (alpha {args.alpha:g})")
@@ -217,7 +218,7 @@ def run(args) -> dict:
     with strategy.scope():
         try:
             body = yolo_body(hw, len(class_names), backbone=args.backbone, alpha=args.alpha, weight_decay=0.0,
-                             neck_shortcut=args.neck_shortcut,
+                             neck_shortcut=args.neck_shortcut, **backbone_options,
                              backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights)
         except BackboneWeightsError as exc:
             raise TrainError(str(exc)) from None
@@ -226,7 +227,7 @@ def run(args) -> dict:
             if args.weights.endswith(".keras"):
                 # the shape-checked loader reads .weights.h5; go through one in a temporary
                 # folder so nothing is left in the run folder, even when loading fails
-                src = open_model(args.weights).model
+                src = open_model(args.weights, fold=False).model
                 with tempfile.TemporaryDirectory() as tmpdir:
                     tmp = os.path.join(tmpdir, "init.weights.h5")
                     src.save_weights(tmp)
@@ -245,6 +246,7 @@ def run(args) -> dict:
     val_detector = Detector(body, meta)
 
     def evaluate_fn(model):
+        val_detector.sync_weights()  # the folded copy takes this epoch's (EMA) weights
         res = evaluate_records(val_detector, val_records, batch_size=args.eval_batch_size, coco=False)
         return res["map"]
 
@@ -314,6 +316,7 @@ def run(args) -> dict:
         # the body already has the compiled detector around it: load the best weights into it
         # rather than loading the file as a new model and tracing a second detector
         body.load_weights(best)
+        val_detector.sync_weights()
         res = evaluate_records(val_detector, val_records, batch_size=args.eval_batch_size)
         _log(f"\nbest checkpoint {best} on the validation split:")
         _log(format_table(res, class_names))
