@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from utils.console import add_tf_logs_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score threshold for precision / recall / F1 and the confusion matrix (default 0.5)")
     p.add_argument("--workers", type=int, default=2, help="image reading threads (default 2)")
     p.add_argument("--save-dir", help="output folder (default runs/eval/<weights file name>)")
-    p.add_argument("--tf-logs", action="store_true",
-                   help="show TensorFlow's start-up logs (hidden by default; also YOLO_TF_LOGS=1)")
+    add_tf_logs_argument(p)
     return p
 
 

@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+from utils.console import add_tf_logs_argument
+
 
 FORMATS = ("saved_model", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx")  # utils.inference.export.FORMATS
 
@@ -45,16 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tflite-int8: keep the three output convolutions in float32 (default; float input and "
                         "outputs; 1.4-1.7 points of mAP@0.5 better on BCCD) or quantize them too (int8: a "
                         "full-integer model with uint8 input, for integer-only accelerators)")
-    p.add_argument("--tf-logs", action="store_true",
-                   help="show TensorFlow's start-up logs (hidden by default; also YOLO_TF_LOGS=1)")
+    add_tf_logs_argument(p)
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from utils.console import start
-    start(args.tf_logs)
     if not 0.0 <= args.conf <= 1.0:
         parser.error(f"--conf must be in [0, 1], got {args.conf:g}")
     if not 0.0 < args.iou <= 1.0:
@@ -63,6 +62,8 @@ def main(argv=None) -> int:
         parser.error("--max-det and --calib-images must be >= 1")
     if "tflite-int8" in args.formats and not args.calib_root:
         parser.error("tflite-int8 needs --calib-root (a VOC root of images like the ones the model will see)")
+    from utils.console import start
+    start(args.tf_logs)
 
     from utils.inference.export import ExportError, export_detector, format_results
 

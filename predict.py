@@ -20,6 +20,8 @@ import argparse
 import os
 import sys
 
+from utils.console import add_tf_logs_argument
+
 
 MODES = ("predict", "fps", "heatmap")
 
@@ -55,8 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="show the results in a window (when a display exists)")
     p.add_argument("--fps-runs", type=int, default=50, help="timed runs in fps mode (default 50)")
     p.add_argument("--fps-warmup", type=int, default=5, help="untimed runs first in fps mode (default 5)")
-    p.add_argument("--tf-logs", action="store_true",
-                   help="show TensorFlow's start-up logs (hidden by default; also YOLO_TF_LOGS=1)")
+    add_tf_logs_argument(p)
     return p
 
 

@@ -5,7 +5,7 @@
     python voc_annotation.py check --root VOCdevkit/VOC2007 --classes model_data/voc_classes.txt
     python voc_annotation.py check --images my/images --annotations my/xml --classes my_classes.txt
 
-A thin front end over utils.data.voc (write_splits, check_dataset).
+A thin front end over utils.data.check (write_splits, check_dataset).
 """
 from __future__ import annotations
 

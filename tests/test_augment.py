@@ -182,14 +182,3 @@ def test_mosaic_mixup_switch_follows_epochs_and_flag():
     assert aug.special_enabled
     aug.set_special(None)
     assert not aug.special_enabled
-
-
-def test_visual_check_cli_writes_grid(bccd_root, tmp_path, capsys):
-    import cv2
-    from utils.data.preview import main
-    out = tmp_path / "samples.png"
-    main(["--root", str(bccd_root), "--classes", "model_data/bccd_classes.txt", "--out", str(out),
-          "--num", "4", "--input-size", "128"])
-    grid = cv2.imread(str(out))
-    assert grid.shape == (2 * 128 + 4, 2 * 128 + 4, 3)  # 2x2 tiles, 4 px apart
-    assert "4 augmented samples" in capsys.readouterr().out

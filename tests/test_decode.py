@@ -1,14 +1,12 @@
-"""utils/decode.py: head decoding, class-wise IoU / DIoU NMS, the YoloPostprocess layer."""
+"""utils/decode.py: head decoding, class-wise IoU / DIoU NMS, postprocess.
+(The YoloPostprocess layer and end-to-end models: tests/test_postprocess.py.)"""
 import math
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from _helpers import tiny_body
 from utils.boxes import box_iou
-from nets.postprocess import YoloPostprocess, end_to_end_model
 from utils.decode import batched_nms, decode_head, postprocess
 from utils.targets import ANCHOR_MASKS
 from utils.letterbox import Letterbox, letterbox_boxes, unletterbox_boxes
@@ -198,44 +196,3 @@ def test_postprocess_matches_numpy_decode_and_nms(kind):
         np.testing.assert_allclose(got[1][i, :n], ref[1], rtol=1e-4)
         np.testing.assert_array_equal(got[2][i, :n], ref[2])
         np.testing.assert_allclose(got[0][i, :n], ref[0], rtol=1e-4, atol=1e-3)
-
-
-# ---------------------------------------------------------------- YoloPostprocess
-
-def test_yolo_postprocess_config_round_trip():
-    layer = YoloPostprocess(ANCHORS, (96, 128), 5, score_thresh=0.1, iou_thresh=0.6, max_det=50,
-                            nms="diou", pre_nms_topk=300, name="post")
-    config = layer.get_config()
-    clone = YoloPostprocess.from_config(config)
-    assert clone.get_config() == config
-    assert (clone.nms, clone.max_det, clone.input_hw, clone.num_classes) == ("diou", 50, (96, 128), 5)
-    np.testing.assert_allclose(clone.anchors, ANCHORS)
-    with pytest.raises(ValueError, match="9 anchors"):
-        YoloPostprocess(ANCHORS[:6], (96, 128), 5)
-
-
-def test_end_to_end_model_saves_and_reloads_safely(tmp_path):
-    body = tiny_body((64, 96), 2, seed=None)
-    model = end_to_end_model(body, ANCHORS, 2, score_thresh=0.2, max_det=20, nms="diou")
-    images = np.random.default_rng(5).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
-    want = model(images)
-    assert want["boxes"].shape == (2, 20, 4) and want["classes"].dtype == tf.int32
-    path = str(tmp_path / "e2e.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    got = loaded(images)
-    for key in ("boxes", "scores", "classes", "num_valid"):
-        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-4)
-    assert loaded.get_layer("yolo_postprocess").get_config()["nms"] == "diou"
-
-
-def test_end_to_end_model_exports_as_savedmodel(tmp_path):
-    model = end_to_end_model(tiny_body((64, 96), 2, seed=None), ANCHORS, 2, score_thresh=0.2, max_det=10,
-                             nms="diou")
-    model.export(str(tmp_path / "saved"), verbose=False)
-    served = tf.saved_model.load(str(tmp_path / "saved"))
-    images = np.random.default_rng(6).uniform(0, 255, (3, 64, 96, 3)).astype(np.float32)
-    got, want = served.serve(images), model(images)
-    assert got["boxes"].shape == (3, 10, 4) and got["classes"].dtype == tf.int32
-    for key in ("boxes", "scores", "classes", "num_valid"):
-        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-4)

@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from utils import demo_data
+from utils.data import demo_data
 from utils.data.demo_data import DEMO_CLASSES, DEMO_COLOURS, make_demo_dataset, render_sample
 from utils.data.check import dataset_stats
 from utils.data.images import read_image

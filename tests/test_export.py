@@ -29,6 +29,9 @@ from utils.inference.runtime import RuntimeLoadError, open_model, meta_path
 from utils.targets import load_anchors
 from utils.data.voc import read_class_names
 
+
+pytestmark = pytest.mark.slow  # training runs / exports: pytest -m 'not slow' skips them
+
 HW = (128, 128)
 ANCHORS = load_anchors()
 

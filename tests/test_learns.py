@@ -9,6 +9,7 @@ the 2-core CI machine, so this is the smallest version that still proves it: 2 i
 """
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from nets.loss import YoloTrainer, init_head_biases
@@ -21,6 +22,9 @@ from utils.inference.detector import Detector
 from utils.targets import load_anchors
 from utils.data.images import read_image
 from utils.data.voc import load_voc, read_class_names
+
+
+pytestmark = pytest.mark.slow  # training runs / exports: pytest -m 'not slow' skips them
 
 
 def test_overfitting_two_images_reaches_map_above_0_9(tmp_path):

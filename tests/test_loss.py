@@ -313,6 +313,7 @@ def reference_terms(body, x, y):
     return terms, float(sum(body.losses))
 
 
+@pytest.mark.slow
 def test_trainer_fit_and_validation_report_the_loss_terms():
     keras.utils.set_random_seed(0)
     body = tiny_body()
@@ -418,6 +419,7 @@ print(json.dumps({"diff": diff, "step": step, "hist": hist, "ref": ref}))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_gradients_equal_single_device():
     """One SGD step of YoloTrainer.fit on 2 CPU replicas equals one eager single-device step."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}

@@ -1,5 +1,6 @@
-"""predict.py end to end (main(argv) in-process) and its library: utils/inference/predict.py,
-utils/inference/sources.py, utils/inference/heatmap.py, the VOC XML writer and draw_counts.
+"""predict.py end to end (main(argv) in-process) and its library utils/inference/predict.py,
+with draw_counts. (Sources and writers alone: tests/test_sources.py; objectness maps:
+tests/test_heatmap.py; the VOC XML writer: tests/test_voc.py.)
 
 The detector is a few-layer stand-in for yolo_body with the same input and outputs, saved
 with utils.checkpoint.save_detector: a squeezenet yolo_body takes ~15 s to trace on a
@@ -17,11 +18,8 @@ import pytest
 import predict
 from _helpers import tiny_body
 from utils.checkpoint import save_detector
-from utils.inference.heatmap import objectness_maps
 from utils.inference.detector import Detector
 from utils.inference.predict import PredictOptions, detect, mask_classes, parse_class_filter
-from utils.inference.sources import OutputNames, increment_dir, resolve_source
-from utils.letterbox import Letterbox
 from utils.targets import load_anchors
 from utils.data.images import read_image
 from utils.data.voc import parse_voc_xml
@@ -160,15 +158,6 @@ def test_save_xml_round_trip(weights, folder, tmp_path):
     assert rec.labels.tolist() == [d["class_id"] for d in record["detections"]]
 
 
-def test_xml_writer_edge_cases(tmp_path):
-    from utils.data.voc import write_voc_xml
-    boxes = [[0.2, 0.4, 0.6, 0.7], [10.4, 5.5, 39.9, 30.0], [38.8, 29.0, 40.0, 30.0]]  # sub-pixel, normal, corner
-    path = write_voc_xml(tmp_path / "x.xml", tmp_path / "a&b.jpg", 40, 30, boxes, [0, 2, 1], ["c<1>", "d", "e"])
-    rec, warnings = parse_voc_xml(path, ["c<1>", "d", "e"])
-    assert warnings == [] and rec.image_path == "a&b.jpg" and rec.labels.tolist() == [0, 2, 1]
-    np.testing.assert_array_equal(rec.boxes, [[0, 0, 1, 1], [10, 6, 40, 30], [39, 29, 40, 30]])
-
-
 def test_crop_and_classes_filter(weights, folder, tmp_path, detector):
     out = tmp_path / "run"
     assert predict.main(["--weights", weights, "--source", str(folder / "b.png"), "--save-dir", str(out),
@@ -222,23 +211,6 @@ def test_heatmap_mode_png_of_image_size(weights, folder, tmp_path):
         assert read_image(out / name).shape == (120, 160, 3)
 
 
-def test_objectness_maps_against_numpy():
-    # one image 64x128 (h, w) in a 128x128 input: dy = 32, rows 32..96 of the input are the image
-    lb = Letterbox.compute((64, 128), (128, 128))
-    heads = []
-    for s in (32, 16, 8):
-        g = 128 // s
-        raw = np.full((1, g, g, 3, 8), -3.0, np.float32)
-        raw[0, :, : g // 2, 1, 4] = 3.0  # left half: objectness sigmoid(3) on anchor 1
-        heads.append(raw.reshape(1, g, g, 24))
-    maps = objectness_maps(heads, ANCHORS, (128, 128), 3, [lb])[0]
-    hi, lo = 1 / (1 + np.exp(-3.0)), 1 / (1 + np.exp(3.0))
-    for stride, m in maps.items():
-        assert m.shape == (64, 128)
-        np.testing.assert_allclose(m[:, :40], hi, atol=1e-5)  # far from the edge: exact cell values
-        np.testing.assert_allclose(m[:, -40:], lo, atol=1e-5)
-
-
 def test_missing_paths_exit_2(weights, folder, tmp_path, capsys):
     assert predict.main(["--weights", str(tmp_path / "nope.keras"), "--source", str(folder)]) == 2
     err = capsys.readouterr().err
@@ -260,22 +232,6 @@ def test_input_size_override(weights, folder, detector):
     assert Detector.from_file(weights, input_size=(96, 128)).model is not None
     with pytest.raises(ValueError, match="multiples of 32"):
         Detector.from_file(weights, input_size=100)
-
-
-def test_sources_and_run_dirs(folder, tmp_path):
-    items = resolve_source(str(folder))
-    assert [(i.path.rsplit("/", 1)[-1], i.kind) for i in items] == [("a.jpg", "image"), ("b.png", "image"),
-                                                                    ("c_corrupt.jpg", "image")]
-    assert [i.path for i in resolve_source(str(folder / "*.png"))] == [str(folder / "b.png")]
-    assert resolve_source("0")[0].kind == "webcam"
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images or videos"):
-        resolve_source(str(tmp_path / "empty"))
-    base = tmp_path / "runs" / "exp"
-    assert increment_dir(base) == base and increment_dir(base) == tmp_path / "runs" / "exp2"
-    assert increment_dir(base) == tmp_path / "runs" / "exp3" and increment_dir(base, exist_ok=True) == base
-    names = OutputNames()
-    assert [names.stem(p) for p in ("a/x.jpg", "b/x.png", "x")] == ["x", "x_2", "x_3"]
 
 
 def test_draw_counts_panel_inside_image():

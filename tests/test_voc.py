@@ -1,52 +1,23 @@
-"""utils/data/voc.py: class lists, the image reader, VOC XML parsing, loading, splits, checks."""
+"""utils/data/voc.py: class lists, VOC XML parsing and writing, loading, splits.
+(The image reader: tests/test_images.py; statistics, checks and split files: tests/test_check.py.)"""
 import os
 import pathlib
 import time
 import xml.etree.ElementTree as StdET
 
-import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
-import voc_annotation
-from utils.data.check import check_dataset, dataset_stats, write_splits
-from utils.data.images import ImageReadError, image_size, read_image
-from utils.data.voc import AnnotationError, DatasetError, load_flat, load_voc, parse_voc_xml, read_class_names, split_ids
+from _data_helpers import make_root, voc_xml, write_jpg
+from utils.data.images import ImageReadError, read_image
+from utils.data.voc import (AnnotationError, DatasetError, load_flat, load_voc, parse_voc_xml, read_class_names,
+                            split_ids, write_voc_xml)
 
 CLASSES = ["cat", "dog"]
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def voc_xml(objects=(), size=(64, 48), filename="x.jpg") -> str:
-    """objects: (name, (xmin, ymin, xmax, ymax), difficult)."""
-    objs = "".join(
-        f"<object><name>{n}</name><difficult>{int(d)}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b, d in objects)
-    sz = "" if size is None else f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
-    return f"<annotation><filename>{filename}</filename>{sz}{objs}</annotation>"
-
-
-def write_jpg(path, w=64, h=48, colour=(200, 30, 30)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (w, h), colour).save(path, quality=95)
-
-
-def make_root(root: pathlib.Path, items: dict, split="train", image_sizes=None):
-    """items: id -> xml text (None: no XML); images written 64x48 unless image_sizes[id] (None: no image)."""
-    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    for i, xml in items.items():
-        if xml is not None:
-            (root / "Annotations" / f"{i}.xml").write_text(xml)
-        size = (image_sizes or {}).get(i, (64, 48))
-        if size is not None:
-            write_jpg(root / "JPEGImages" / f"{i}.jpg", *size)
-    if split:
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in items))
-    return root
-
 
 BILLION_LAUGHS = """<?xml version="1.0"?>
 <!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
@@ -76,97 +47,6 @@ def test_read_class_names_duplicate_and_missing_name_the_file(tmp_path):
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     with pytest.raises(ValueError, match="empty.txt"):
         read_class_names(tmp_path / "empty.txt")
-
-
-# ----------------------------------------------------------------------------- read_image
-
-def test_read_image_grayscale_and_rgb(tmp_path):
-    g = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
-    Image.fromarray(g, "L").save(tmp_path / "g.png")
-    out = read_image(tmp_path / "g.png")
-    assert out.shape == (12, 10, 3) and out.dtype == np.uint8
-    assert all(np.array_equal(out[..., c], g) for c in range(3))
-    rgb = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "c.png")
-    assert np.array_equal(read_image(str(tmp_path / "c.png")), rgb)
-    assert np.array_equal(read_image(str(tmp_path / "c.png").encode()), rgb)  # bytes, as tf.numpy_function hands it
-
-
-def test_read_image_rgba_composited_over_grey(tmp_path):
-    rgba = np.zeros((2, 3, 4), np.uint8)
-    rgba[..., :3] = (200, 100, 0)
-    rgba[0, :, 3] = (255, 0, 128)
-    rgba[1, :, 3] = 255
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    out = read_image(tmp_path / "a.png").astype(int)
-    assert out.shape == (2, 3, 3)
-    assert tuple(out[0, 0]) == (200, 100, 0)  # opaque: the colour
-    assert tuple(out[0, 1]) == (128, 128, 128)  # transparent: grey 128
-    expected = [round((c * 128 + 128 * 127) / 255) for c in (200, 100, 0)]  # alpha 128 blend
-    assert np.abs(out[0, 2] - expected).max() <= 1
-
-
-def test_read_image_palette_with_and_without_transparency(tmp_path):
-    idx = np.array([[0, 1], [2, 1]], np.uint8)
-    pal = [10, 20, 30, 200, 0, 0, 0, 0, 250] + [0] * (256 * 3 - 9)
-    im = Image.fromarray(idx, "P")
-    im.putpalette(pal)
-    im.save(tmp_path / "p.png")
-    out = read_image(tmp_path / "p.png")
-    assert tuple(out[0, 0]) == (10, 20, 30) and tuple(out[0, 1]) == (200, 0, 0) and tuple(out[1, 0]) == (0, 0, 250)
-    im.save(tmp_path / "pt.png", transparency=1)
-    out = read_image(tmp_path / "pt.png")
-    assert tuple(out[0, 1]) == (128, 128, 128) and tuple(out[0, 0]) == (10, 20, 30)
-
-
-def test_read_image_16bit_scaled_to_8bit(tmp_path):
-    v = np.array([[0, 257, 32768, 65535]], np.uint16)
-    Image.fromarray(v).save(tmp_path / "g16.png")
-    assert Image.open(tmp_path / "g16.png").mode == "I;16"
-    out = read_image(tmp_path / "g16.png")
-    assert out.shape == (1, 4, 3)
-    np.testing.assert_array_equal(out[..., 0], np.round(v / 257.0).astype(np.uint8))
-    rgb16 = np.random.default_rng(1).integers(0, 65536, (3, 5, 3)).astype(np.uint16)
-    cv2.imwrite(str(tmp_path / "c16.png"), rgb16[..., ::-1])  # cv2 writes BGR
-    out = read_image(tmp_path / "c16.png").astype(int)
-    assert out.shape == (3, 5, 3) and np.abs(out - rgb16 / 257.0).max() <= 1.0
-
-
-def test_read_image_cmyk(tmp_path):
-    Image.new("CMYK", (4, 3), (0, 255, 255, 0)).save(tmp_path / "c.tif")  # pure red in CMYK
-    out = read_image(tmp_path / "c.tif")
-    assert out.shape == (3, 4, 3) and tuple(out[0, 0]) == (255, 0, 0)
-
-
-def test_read_image_ignores_exif_orientation(tmp_path):
-    """A 40x20 JPEG tagged orientation 6 (rotate 90): we keep the STORED frame (20, 40)."""
-    img = np.zeros((20, 40, 3), np.uint8)
-    img[:, :20] = (255, 0, 0)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    path = tmp_path / "exif6.jpg"
-    Image.fromarray(img).save(path, exif=exif.tobytes(), quality=95)
-    with Image.open(path) as im:  # the tag is there and would rotate if applied
-        assert ImageOps.exif_transpose(im).size == (20, 40)
-    assert cv2.imread(str(path)).shape[:2] == (40, 20)  # why the project does not use cv2 defaults
-    out = read_image(path)
-    assert out.shape == (20, 40, 3)
-    assert out[10, 5, 0] > 200 and out[10, 35, 0] < 50  # red stays on the left: not rotated
-    assert image_size(path) == (40, 20)
-
-
-def test_read_image_errors_name_the_file(tmp_path):
-    write_jpg(tmp_path / "ok.jpg", 128, 96)
-    data = (tmp_path / "ok.jpg").read_bytes()
-    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageReadError, match=r"trunc\.jpg.*truncated"):
-        read_image(tmp_path / "trunc.jpg")
-    (tmp_path / "text.jpg").write_text("not an image")
-    with pytest.raises(ImageReadError, match=r"text\.jpg.*not a readable image"):
-        read_image(tmp_path / "text.jpg")
-    with pytest.raises(ImageReadError, match=r"missing\.jpg.*not found"):
-        read_image(tmp_path / "missing.jpg")
-    assert issubclass(ImageReadError, ValueError)
 
 
 # ----------------------------------------------------------------------------- parse_voc_xml
@@ -238,6 +118,14 @@ def test_parse_voc_xml_malformed(tmp_path):
     q.write_text("<html></html>")
     with pytest.raises(AnnotationError, match=r"other\.xml.*<html>"):
         parse_voc_xml(q, CLASSES)
+
+
+def test_xml_writer_edge_cases(tmp_path):
+    boxes = [[0.2, 0.4, 0.6, 0.7], [10.4, 5.5, 39.9, 30.0], [38.8, 29.0, 40.0, 30.0]]  # sub-pixel, normal, corner
+    path = write_voc_xml(tmp_path / "x.xml", tmp_path / "a&b.jpg", 40, 30, boxes, [0, 2, 1], ["c<1>", "d", "e"])
+    rec, warnings = parse_voc_xml(path, ["c<1>", "d", "e"])
+    assert warnings == [] and rec.image_path == "a&b.jpg" and rec.labels.tolist() == [0, 2, 1]
+    np.testing.assert_array_equal(rec.boxes, [[0, 0, 1, 1], [10, 6, 40, 30], [39, 29, 40, 30]])
 
 
 # ----------------------------------------------------------------------------- load_voc
@@ -440,80 +328,3 @@ def test_bccd_combined_with_another_root(bccd_root, tmp_path):
     other = make_root(tmp_path / "X", {"x1": voc_xml([("WBC", (1, 1, 30, 30), 0)])}, split="val")
     recs = load_voc([bccd_root, other], "val", ["RBC", "WBC", "Platelets"], check_images=False, log=None)
     assert len(recs) == 87 + 1 and recs[-1].image_id == "x1"
-
-
-def _link_bccd(bccd_root, tmp_path):
-    root = tmp_path / "BCCD"
-    root.mkdir()
-    for d in ("Annotations", "JPEGImages"):
-        os.symlink(bccd_root / d, root / d)
-    return root
-
-
-def test_write_splits_on_bccd_union_and_disjoint(bccd_root, tmp_path):
-    root = _link_bccd(bccd_root, tmp_path)
-    log = []
-    parts = write_splits(root, ["RBC", "WBC", "Platelets"], (0.8, 0.1, 0.1), seed=0, check_images=False,
-                         log=log.append)
-    main = root / "ImageSets" / "Main"
-    files = {s: (main / f"{s}.txt").read_text().split() for s in ("train", "val", "test", "trainval")}
-    assert files == parts
-    all_ids = sorted(p.stem for p in (bccd_root / "Annotations").glob("*.xml"))
-    assert sorted(files["train"] + files["val"] + files["test"]) == all_ids
-    assert not (set(files["train"]) & set(files["val"]) or set(files["train"]) & set(files["test"])
-                or set(files["val"]) & set(files["test"]))
-    assert files["trainval"] == sorted(files["train"] + files["val"])
-    assert [len(files[s]) for s in ("train", "val", "test")] == [291, 37, 36]  # 364 * ratios, largest remainder
-    table = log[-1]
-    assert table.splitlines()[0].split() == ["split", "images", "negatives", "boxes", "RBC", "WBC", "Platelets"]
-    with pytest.raises(DatasetError, match="already exist.*--overwrite"):
-        write_splits(root, ["RBC", "WBC", "Platelets"], log=None)
-    again = write_splits(root, ["RBC", "WBC", "Platelets"], (0.8, 0.1, 0.1), seed=0, overwrite=True,
-                         check_images=False, log=None)
-    assert again == parts
-
-
-# ----------------------------------------------------------------------------- check + CLI
-
-def test_check_dataset_stats_and_split_problems(tmp_path):
-    root = make_root(tmp_path / "V", {
-        "a": voc_xml([("cat", (0, 0, 20, 20), 0), ("dog", (0, 0, 40, 40), 1)], size=(200, 200)),
-        "b": voc_xml([("cat", (0, 0, 100, 100), 0), ("cat", (5, 5, 5, 9), 0)], size=(200, 200)),
-        "c": voc_xml([], size=(200, 200)),
-    }, image_sizes={k: (200, 200) for k in "abc"})
-    (root / "ImageSets" / "Main" / "val.txt").write_text("a\nghost\n")
-    res = check_dataset(CLASSES, root=root)
-    st = res.stats
-    assert st["images"] == 3 and st["negatives"] == 1
-    assert st["per_class"]["cat"]["boxes"] == 2 and st["per_class"]["dog"]["difficult"] == 1
-    # areas 400 (small < 32^2), 1600 (medium), 10000 (large >= 96^2)
-    assert (st["all"]["small"], st["all"]["medium"], st["all"]["large"]) == (1, 1, 1)
-    assert (st["all"]["w_min"], st["all"]["w_median"], st["all"]["w_max"]) == (20, 40, 100)
-    probs = res.problems()
-    assert any("b.xml" in p and "zero" in p for p in probs)
-    assert any("val.txt" in p and "ghost" in p for p in probs)
-    assert any("both train.txt and val.txt" in p for p in probs)
-    text = res.format()
-    assert "3 problem(s) found" in text and "w min/med/max" in text
-    assert dataset_stats([], CLASSES)["images"] == 0
-
-
-def test_voc_annotation_cli(tmp_path, capsys):
-    root = make_root(tmp_path / "V", {f"i{k}": voc_xml([("cat", (1, 1, 9, 9), 0)]) for k in range(10)}, split=None)
-    classes = tmp_path / "classes.txt"
-    classes.write_text("cat\ndog\n")
-    assert voc_annotation.main(["--root", str(root), "--classes", str(classes), "--ratios", "0.6", "0.2", "0.2",
-                                "--seed", "1"]) == 0
-    out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
-    assert rows["train"][1:3] == ["6", "0"] and rows["test"][1] == "2" and rows["trainval"][1] == "8"
-    assert voc_annotation.main(["check", "--root", str(root), "--classes", str(classes)]) == 0
-    assert "0 problem(s) found" in capsys.readouterr().out
-    assert voc_annotation.main(["check", "--images", str(root / "JPEGImages"), "--annotations",
-                                str(root / "Annotations"), "--classes", str(classes)]) == 0
-    assert "loaded 10 images with 10 boxes" in capsys.readouterr().out
-    assert voc_annotation.main(["--root", str(tmp_path / "missing"), "--classes", str(classes)]) == 2
-    err = capsys.readouterr().err
-    assert "dataset root not found" in err and str(tmp_path / "missing") in err
-    assert voc_annotation.main(["check", "--root", str(root), "--classes", str(tmp_path / "nope.txt")]) == 2
-    assert "nope.txt" in capsys.readouterr().err

@@ -19,6 +19,7 @@ def _clear():
     keras.backend.clear_session()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", available_backbones())
 def test_head_shapes_for_every_backbone_and_size(backbone):
     for h, w in SIZES:
@@ -74,6 +75,7 @@ def test_round_trip_set_covers_every_family():
     assert modules == {get_spec(b).builder.__module__ for b in ROUND_TRIP}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ROUND_TRIP)
 def test_keras_round_trip_safe_mode_same_outputs(backbone, tmp_path):
     # the narrowest width of each family keeps this fast; the layers are the same at any alpha
@@ -90,6 +92,7 @@ def test_keras_round_trip_safe_mode_same_outputs(backbone, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_weights_round_trip_and_class_count_mismatch(tmp_path):
     model = yolo_body((128, 128), NUM_CLASSES, backbone="mobilenetv2", alpha=0.5)
     path = ck.save_weights(model, tmp_path / "w.weights.h5")
@@ -109,6 +112,7 @@ def test_weights_round_trip_and_class_count_mismatch(tmp_path):
                                   model.get_layer("neck_p5_c1_conv").get_weights()[0])
 
 
+@pytest.mark.slow
 def test_weights_of_another_backbone_and_bad_files_are_named(tmp_path):
     path = ck.save_weights(yolo_body((128, 128), NUM_CLASSES, backbone="squeezenet"), tmp_path / "sq.weights.h5")
     target = yolo_body((128, 128), NUM_CLASSES, backbone="mobilenetv2", alpha=0.5)
@@ -126,6 +130,7 @@ def test_weights_of_another_backbone_and_bad_files_are_named(tmp_path):
         ck.load_detector(bad_zip)
 
 
+@pytest.mark.slow
 def test_atomic_save_leaves_previous_file_when_write_fails(tmp_path, monkeypatch):
     model = yolo_body((128, 128), NUM_CLASSES, backbone="squeezenet")
     meta = {"backbone": "squeezenet", "alpha": 1.0, "class_names": list("abc"),
@@ -151,6 +156,7 @@ def test_flops_count_matches_hand_computation():
     assert conv_flops(model) == 2 * 32 * 32 * 8 * 27 + 2 * 16 * 16 * 8 * 9 + 2 * 16 * 16 * 6 * 4
 
 
+@pytest.mark.slow
 def test_summary_command_prints_a_row_per_backbone(capsys):
     assert summary_main(["--input-size", "128", "--num-classes", "20",
                          "--backbones", "mobilenetv2", "squeezenet"]) == 0
@@ -162,6 +168,7 @@ def test_summary_command_prints_a_row_per_backbone(capsys):
     assert table.splitlines()[2] == "| x | 1 | 2.00 | 1.50 | 1x1x3 | 1x1x3 | 1x1x3 |"
 
 
+@pytest.mark.slow
 def test_neck_shortcut_starts_as_identity_and_adds_no_weights():
     model = yolo_body((128, 128), NUM_CLASSES, backbone="squeezenet", alpha=0.5)  # shortcut on by default
     plain = yolo_body((128, 128), NUM_CLASSES, backbone="squeezenet", alpha=0.5, neck_shortcut=False)

@@ -38,14 +38,21 @@ NOISE = re.compile("|".join([
 ]))
 
 
+def add_tf_logs_argument(parser) -> None:
+    """The ``--tf-logs`` option every front end that runs TensorFlow takes."""
+    parser.add_argument("--tf-logs", action="store_true",
+                        help=f"show TensorFlow's start-up logs (hidden by default; also {ENV_VAR}=1)")
+
+
 def tf_logs_wanted(flag: bool = False) -> bool:
     """True when the user asked for TensorFlow's own logs (``--tf-logs`` or ``YOLO_TF_LOGS=1``)."""
     return bool(flag) or os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @contextlib.contextmanager
-def filtered_stderr(pattern: re.Pattern = NOISE):
-    """Send file descriptor 2 to a temporary file; on exit write back the lines that do not match."""
+def filtered_stderr(pattern: re.Pattern = NOISE, on_exit=None):
+    """Send file descriptor 2 to a temporary file; on exit write back the lines that do not match
+    (or hand them, as a list, to ``on_exit``)."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -62,7 +69,9 @@ def filtered_stderr(pattern: re.Pattern = NOISE):
             os.close(saved)
             tmp.seek(0)
             kept = [line for line in tmp.read().decode("utf-8", "replace").splitlines() if not pattern.search(line)]
-            if kept:
+            if on_exit is not None:
+                on_exit(kept)
+            elif kept:
                 print("\n".join(kept), file=sys.stderr)
 
 
@@ -82,13 +91,18 @@ def device_line() -> str:
     return f"device: CPU ({os.cpu_count()} threads{cpu_features()}), no GPU"
 
 
-def cpu_features() -> str:
-    """``, AVX-512, VNNI`` style suffix from /proc/cpuinfo (empty where it cannot be read)."""
+def cpu_flags() -> set | None:
+    """The CPU feature flags of /proc/cpuinfo (None where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
     except OSError:
-        return ""
+        return None
+
+
+def cpu_features() -> str:
+    """``, AVX2, AVX-512, VNNI`` style suffix for the device line (empty where unknown)."""
+    flags = cpu_flags() or set()
     found = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("VNNI", "avx512_vnni"))
              if flag in flags]
     return "".join(f", {name}" for name in found)
@@ -104,9 +118,15 @@ def start(tf_logs: bool = False, announce: bool = True) -> None:
         import tensorflow  # noqa: F401
         line = device_line()
     else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        with filtered_stderr():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        kept = []
+        with filtered_stderr(on_exit=kept.extend):
             import tensorflow  # noqa: F401
             line = device_line()  # the CUDA probe (cuInit) runs here
+        if announce:
+            print(line, flush=True)  # the device line first, then whatever else TF said
+            announce = False
+        if kept:
+            print("\n".join(kept), file=sys.stderr, flush=True)
     if announce:
         print(line, flush=True)

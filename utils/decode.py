@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from utils.boxes import box_diou_tf
-from utils.targets import ANCHOR_MASKS, STRIDES
+from utils.targets import ANCHOR_MASKS
 
 NMS_KINDS = ("iou", "diou")
 DEFAULT_PRE_NMS_TOPK = 1000

@@ -1,6 +1,6 @@
 """Drawing boxes with class names (and scores) on RGB images, and image grids.
 
-Used by the augmentation visual check (``python -m utils.data.augment``) and by predict.py.
+Used by the augmentation visual check (``python -m utils.data.preview``) and by predict.py.
 cv2 does the drawing (already a dependency, fast, no figure machinery); colours are fixed
 per class so a class keeps its colour across images and runs.
 """

@@ -49,7 +49,7 @@ def letterbox_image(image: np.ndarray, dst_hw, pad_value: int = PAD_VALUE):
     interp = cv2.INTER_AREA if nw < image.shape[1] else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp) if (nh, nw) != image.shape[:2] else image
     canvas = np.full((lb.dst_hw[0], lb.dst_hw[1], image.shape[2]), pad_value, dtype=image.dtype)
-    canvas[dy:dy + nh, dx:dx + nw] = resized
+    canvas[dy:dy + nh, dx:dx + nw] = resized.reshape(nh, nw, image.shape[2])  # cv2 drops a 1-channel axis
     return canvas, lb
 
 

@@ -25,6 +25,7 @@ class BackboneSpec:
     default_alpha: float
     keras_applications: bool  # True when ImageNet weights come from keras.applications
     paper: str = ""
+    rank: int = 50  # listing order (available_backbones): lighter families first, heavy references last
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -33,37 +34,44 @@ _loaded = False
 
 
 def register(name: str, builder: Callable, alphas: Sequence[float], default_alpha: float = 1.0,
-             keras_applications: bool = False, paper: str = "") -> None:
+             keras_applications: bool = False, paper: str = "", rank: int = 50) -> None:
+    """Add a backbone under ``name``; ``builder`` must be named ``build_<name>``.
+
+    ``rank`` orders :func:`available_backbones` (and so the model report and the benchmarks),
+    whatever order the modules are imported in; equal ranks keep registration order.
+    """
     name = name.lower()
     if builder.__name__ != f"build_{name}":
         raise ValueError(f"the builder of backbone {name!r} must be named build_{name}, not {builder.__name__}")
     if name in _REGISTRY:
         raise ValueError(f"backbone {name!r} is registered twice")
     _REGISTRY[name] = BackboneSpec(name, builder, tuple(float(a) for a in alphas),
-                                   float(default_alpha), keras_applications, paper)
+                                   float(default_alpha), keras_applications, paper, int(rank))
 
 
 def _load_all() -> None:
     """Import every module of this folder once; each registers its backbones on import."""
     global _loaded
     if not _loaded:
-        _loaded = True
         for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{__name__}.{info.name}")
+        _loaded = True  # only once every module imported: a failed import is raised again next time
 
 
 def available_backbones() -> list[str]:
-    """Registered backbone names, in registration order."""
+    """Registered backbone names, by rank (keras.applications families, those written here,
+    then the heavy reference), registration order within a rank."""
     _load_all()
-    return list(_REGISTRY)
+    order = {name: i for i, name in enumerate(_REGISTRY)}
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].rank, order[n]))
 
 
 def get_spec(name: str) -> BackboneSpec:
     _load_all()
     key = str(name).lower()
     if key not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(available_backbones())}")
     return _REGISTRY[key]
 
 
@@ -81,13 +89,20 @@ def check_alpha(name: str, alpha: float | None) -> float:
 def build_backbone(name: str, inputs, alpha: float | None = None, weights=None, **options):
     """Build backbone ``name`` on the Keras tensor ``inputs``.
 
-    ``inputs`` holds RGB images as floats in [0, 255]; each builder applies its own input
-    normalisation (a Rescaling/Normalization layer), so the pre-processing travels with the
-    saved model. Returns ``[C3, C4, C5]``: feature maps at strides 8, 16 and 32.
+    Args:
+        name: a registered name (:func:`available_backbones`); unknown names are a ValueError
+            listing the valid ones.
+        inputs: a Keras tensor of RGB images as floats in [0, 255]; each builder applies its
+            own input normalisation, so the pre-processing travels with the saved model.
+        alpha: width multiplier (None: the family's default); invalid ones are a ValueError.
+        weights: None or "none" (random init, the default: nothing is downloaded),
+            "imagenet" (keras.applications families only; offline, a BackboneWeightsError
+            says how to go on), or the path of a ``.weights.h5`` file saved from
+            ``keras.Model(inputs, build_backbone(...))`` of the same name and alpha.
+        **options: family options (e.g. ``groups`` of shufflenetv1, ``weight_decay``).
 
-    ``weights``: None or "none" (random init, the default: nothing is downloaded),
-    "imagenet" (keras.applications families only), or the path of a ``.weights.h5`` file
-    saved from ``keras.Model(inputs, build_backbone(...))`` of the same name and alpha.
+    Returns:
+        ``[C3, C4, C5]``: Keras tensors at strides 8, 16 and 32 of ``inputs``.
     """
     spec = get_spec(name)
     alpha = check_alpha(name, alpha)

@@ -71,4 +71,4 @@ def build_cspdarknet53(inputs, alpha: float = 1.0, weights=None, *, weight_decay
 
 
 register("cspdarknet53", build_cspdarknet53, ALPHAS, 1.0, keras_applications=False,
-         paper="Bochkovskiy et al., YOLOv4, 2020 (arXiv:2004.10934); Wang et al., CSPNet, CVPRW 2020")
+         paper="Bochkovskiy et al., YOLOv4, 2020 (arXiv:2004.10934); Wang et al., CSPNet, CVPRW 2020", rank=90)

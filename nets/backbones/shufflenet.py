@@ -10,7 +10,7 @@ keras.applications has neither, so they are written here. Both return the output
 
 Grouped 1x1 convolutions use ``keras.layers.Conv2D(groups=g)``: under TensorFlow 2.21 it runs
 on CPU, forward and backward (also under XLA), and matches a per-group NumPy reference
-(checked in tests/test_backbones_shufflenet_csp.py), so no slice-and-concatenate emulation
+(checked in tests/test_backbones_shufflenet.py), so no slice-and-concatenate emulation
 is needed.
 """
 from __future__ import annotations
@@ -173,6 +173,6 @@ def build_shufflenetv2(inputs, alpha: float = 1.0, weights=None, *, weight_decay
 
 
 register("shufflenetv1", build_shufflenetv1, V1_SCALES, 1.0, keras_applications=False,
-         paper="Zhang et al., ShuffleNet, CVPR 2018 (arXiv:1707.01083)")
+         paper="Zhang et al., ShuffleNet, CVPR 2018 (arXiv:1707.01083)", rank=30)
 register("shufflenetv2", build_shufflenetv2, tuple(V2_CHANNELS), 1.0, keras_applications=False,
-         paper="Ma et al., ShuffleNet V2, ECCV 2018 (arXiv:1807.11164)")
+         paper="Ma et al., ShuffleNet V2, ECCV 2018 (arXiv:1807.11164)", rank=30)

@@ -110,6 +110,6 @@ def build_squeezenet_bypass(inputs, alpha: float = 1.0, weights=None, **options)
     return build_squeezenet(inputs, alpha, weights, bypass=True, **options)
 
 
-register("squeezenet", build_squeezenet, ALPHAS, 1.0, keras_applications=False, paper=PAPER)
+register("squeezenet", build_squeezenet, ALPHAS, 1.0, keras_applications=False, paper=PAPER, rank=40)
 register("squeezenet_bypass", build_squeezenet_bypass, ALPHAS, 1.0, keras_applications=False,
-         paper=PAPER + "; simple bypass (sec. 6)")
+         paper=PAPER + "; simple bypass (sec. 6)", rank=40)

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 
 from utils.data.augment import AugmentConfig, Augmenter, letterbox_sample, sample_rng
-from utils.targets import DEFAULT_IOU_THRESH, TARGET_KEYS, build_targets, load_anchors, parse_input_hw
+from utils.targets import DEFAULT_IOU_THRESH, STRIDES, TARGET_KEYS, build_targets, load_anchors, parse_input_hw
 from utils.data.images import ImageReadError, read_image
 
 
@@ -220,7 +220,7 @@ class TrainDataset(keras.utils.PyDataset):
         import tensorflow as tf
         H, W = self.input_hw
         C5 = 5 + self.num_classes
-        shapes = [(H, W, 3)] + [(H // s, W // s, 3, C5) for s in (32, 16, 8)] + [(self.max_boxes, 4)]
+        shapes = [(H, W, 3)] + [(H // s, W // s, 3, C5) for s in STRIDES] + [(self.max_boxes, 4)]
         dtypes = [tf.uint8] + [tf.float32] * 4
 
         def make(i):
@@ -233,7 +233,7 @@ class TrainDataset(keras.utils.PyDataset):
             return tuple(out)
 
         def to_batch(image, y32, y16, y8, gt):
-            return tf.cast(image, tf.float32), {"y32": y32, "y16": y16, "y8": y8, "gt_boxes": gt}
+            return tf.cast(image, tf.float32), {**dict(zip(TARGET_KEYS, (y32, y16, y8))), "gt_boxes": gt}
 
         n_par = num_parallel or self.num_parallel
         ds = tf.data.Dataset.range(self.num_samples)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # what dataset loaders look for (the VOC set)
+# read_image (PIL) reads these too; predict.py takes them as sources
+READABLE_EXTENSIONS = IMAGE_EXTENSIONS + (".webp", ".tif", ".tiff")
 ALPHA_BACKGROUND = 128  # RGBA images are composited over the letterbox grey
 
 
@@ -118,3 +121,16 @@ def exif_orientation(path) -> int:
             return int(im.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - only used to enrich a warning
         return 1
+
+
+def save_image(path, rgb: np.ndarray) -> str:
+    """Write an RGB image; the format follows the extension. Raises OSError naming the file."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        ok = cv2.imwrite(path, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    except cv2.error as exc:  # an extension cv2 has no writer for raises instead of returning False
+        raise OSError(f"{path}: could not write the image ({str(exc).strip().splitlines()[-1]})") from None
+    if not ok:
+        raise OSError(f"{path}: could not write the image")
+    return path

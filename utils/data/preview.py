@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-import cv2
-
 from utils.data.dataset import TrainDataset, records_from_args
+from utils.data.images import save_image
 from utils.draw import draw_detections, image_grid
 
 
@@ -40,8 +39,10 @@ def main(argv=None):
         image, boxes, labels = ds.sample(i)
         tiles.append(draw_detections(image, boxes, labels, class_names=class_names))
     grid = image_grid(tiles)
-    if not cv2.imwrite(args.out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise SystemExit(f"could not write {args.out}")
+    try:
+        save_image(args.out, grid)
+    except OSError as exc:
+        raise SystemExit(f"could not write {args.out}: {exc}") from None
     print(f"wrote {args.out}: {len(tiles)} augmented samples of {len(ds.records)} records "
           f"({ds.input_hw[0]}x{ds.input_hw[1]}, mosaic/mixup {'on' if ds.augmenter.special_enabled else 'off'})")
 

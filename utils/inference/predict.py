@@ -22,9 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from utils.inference.sources import (Display, JsonLinesWriter, OutputNames, SourceItem, VideoReader, VideoReadError,
-                                VideoWriter, detection_record, iter_images, save_crops, save_image,
-                                save_voc_prediction)
+from utils.data.images import save_image
+from utils.inference.sources import Display, JsonLinesWriter, OutputNames, SourceItem, VideoReadError, VideoReader, VideoWriter, detection_record, iter_images, save_crops, save_voc_prediction
 
 _DROP_LOGIT = -1e4  # sigmoid(-1e4) == 0.0 in float32
 

@@ -2,7 +2,7 @@
 run folder, and the writers (annotated images and videos, JSON lines, VOC XML, crops).
 
 No model code here: utils/inference/predict.py runs the detector and calls these. Images are read
-with utils.data.voc.read_image (the project's one image reader); video frames with OpenCV's
+with utils.data.images.read_image (the project's one image reader); video frames with OpenCV's
 VideoCapture (BGR, converted to RGB here). Everything in and out of these functions is RGB.
 """
 from __future__ import annotations
@@ -19,12 +19,9 @@ import sys
 import cv2
 import numpy as np
 
-from utils.data.images import IMAGE_EXTENSIONS as _VOC_IMAGE_EXTENSIONS
-from utils.data.images import ImageReadError, read_image
+from utils.data.images import READABLE_EXTENSIONS, ImageReadError, read_image, save_image
 from utils.data.voc import write_voc_xml
 
-# read_image uses PIL, which also reads these; the VOC loaders keep to the VOC set.
-IMAGE_EXTENSIONS = tuple(dict.fromkeys(_VOC_IMAGE_EXTENSIONS + (".webp", ".tif", ".tiff")))
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 DEFAULT_VIDEO_FPS = 30.0
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -43,7 +40,7 @@ class SourceItem:
 
 def _kind_of(path: str) -> str | None:
     ext = os.path.splitext(path)[1].lower()
-    if ext in IMAGE_EXTENSIONS:
+    if ext in READABLE_EXTENSIONS:
         return "image"
     if ext in VIDEO_EXTENSIONS:
         return "video"
@@ -72,7 +69,7 @@ def resolve_source(source) -> list[SourceItem]:
         items = [SourceItem(f, k) for f in files if (k := _kind_of(f))]
         if not items:
             raise ValueError(f"source folder {spec} holds no images or videos "
-                             f"(extensions: {', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
+                             f"(extensions: {', '.join(READABLE_EXTENSIONS + VIDEO_EXTENSIONS)})")
         return items
     if os.path.isfile(spec):
         return [SourceItem(spec, _kind_of(spec) or "image")]
@@ -172,16 +169,6 @@ def iter_images(items):
             yield item, read_image(item.path), None
         except ImageReadError as exc:
             yield item, None, str(exc)
-
-
-def save_image(path, rgb: np.ndarray) -> str:
-    """Write an RGB image; the format follows the extension. Raises OSError naming the file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    ok = cv2.imwrite(path, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: could not write the image")
-    return path
 
 
 # ----------------------------------------------------------------------------- run folder

@@ -40,7 +40,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
             action = dests[dest]
             if action.type is not None and value is not None and not isinstance(value, list):
                 value = action.type(value)
-            if action.choices is not None and value not in action.choices:
+            if action.choices is not None and value is not None and value not in action.choices:
                 raise ValueError(f"{known.config}: {key} must be one of {sorted(action.choices)}, got {value!r}")
             defaults[dest] = value
         parser.set_defaults(**defaults)

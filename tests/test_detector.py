@@ -112,7 +112,7 @@ def test_real_yolo_body_detector_and_end_to_end_model_agree():
     images = _images(3)
     batch, lbs = det.preprocess(images)
     padded = det.infer(batch)
-    # the same body + YoloPostprocess as one model (saving it: tests/test_decode.py) agrees
+    # the same body + YoloPostprocess as one model (saving it: tests/test_postprocess.py) agrees
     out = end_to_end_model(body, ANCHORS, 3, score_thresh=0.05, max_det=20)(batch.astype(np.float32))
     np.testing.assert_array_equal(out["num_valid"].numpy(), padded[3])
     np.testing.assert_allclose(out["scores"].numpy(), padded[1], rtol=1e-4, atol=1e-6)

@@ -1,5 +1,6 @@
-"""ShuffleNetV1, ShuffleNetV2 and CSPDarknet53 backbones (nets/backbones/shufflenet.py,
-nets/backbones/cspdarknet.py) and the ChannelShuffle / ChannelSlice layers they use."""
+"""ShuffleNetV1 and ShuffleNetV2 backbones (nets/backbones/shufflenet.py): the papers' tables,
+unit wiring, grouped convolutions on CPU, safe reload and the backbone contract.
+(The ChannelShuffle / ChannelSlice layers they use: tests/test_layers.py.)"""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,8 +8,9 @@ import tensorflow as tf
 import keras
 from keras import layers
 
-from nets import layers as nl
-from nets.backbones import cspdarknet, shufflenet
+from _helpers import backbone_model as _build
+from _helpers import check_backbone_contract, check_pyramid as _check_pyramid
+from nets.backbones import shufflenet
 
 RNG = np.random.default_rng(0)
 
@@ -17,41 +19,6 @@ V1_TABLE = {1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960),
             4: (272, 544, 1088), 8: (384, 768, 1536)}  # ShuffleNetV1 Table 1, 1x
 V2_TABLE = {0.5: (48, 96, 192), 1.0: (116, 232, 464),
             1.5: (176, 352, 704), 2.0: (244, 488, 976)}  # ShuffleNetV2 Table 5
-
-
-def _build(fn, shape, **kw):
-    inp = keras.Input(shape)
-    feats = fn(inp, **kw)
-    return keras.Model(inp, feats), feats
-
-
-def _check_pyramid(feats, shape, channels):
-    h, w = shape[:2]
-    got = [tuple(f.shape[1:]) for f in feats]
-    want = [(h // s, w // s, c) for s, c in zip((8, 16, 32), channels)]
-    assert got == want
-
-
-# --------------------------------------------------------------------------- custom layers
-
-@pytest.mark.parametrize("groups", [2, 3])
-def test_channel_shuffle_matches_numpy_and_round_trips(groups):
-    x = RNG.normal(size=(2, 3, 4, 12)).astype("float32")
-    layer = nl.ChannelShuffle(groups, name="shuf")
-    ref = x.reshape(2, 3, 4, groups, 12 // groups).transpose(0, 1, 2, 4, 3).reshape(2, 3, 4, 12)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), ref)
-    clone = nl.ChannelShuffle.from_config(layer.get_config())
-    assert clone.groups == groups and clone.name == "shuf"
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(x)), ref)
-
-
-def test_channel_slice_value_and_config_round_trip():
-    x = RNG.normal(size=(1, 2, 2, 10)).astype("float32")
-    layer = nl.ChannelSlice(5, 10, name="half")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), x[..., 5:10])
-    clone = nl.ChannelSlice.from_config(layer.get_config())
-    assert (clone.start, clone.stop, clone.name) == (5, 10, "half")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(x)), x[..., 5:10])
 
 
 def test_grouped_conv2d_runs_on_cpu_forward_and_gradient():
@@ -162,66 +129,11 @@ def test_shufflenet_v2_rejects_bad_scale():
         shufflenet.shufflenet_v2_channels(0.75)
 
 
-# --------------------------------------------------------------------------- CSPDarknet53
-
-def _csp_param_count(alpha=1.0):
-    """Hand count: conv kxk (no bias) + BN (4 per channel) per Conv-BN-Mish."""
-    def cbm(cin, cout, k):
-        return k * k * cin * cout + 4 * cout
-    stem = int(32 * alpha)
-    total, cin = cbm(3, stem, 3), stem
-    for i, (f, n) in enumerate(zip((64, 128, 256, 512, 1024), (1, 2, 8, 8, 4))):
-        f = int(f * alpha)
-        b = f if i == 0 else f // 2
-        total += cbm(cin, f, 3) + 2 * cbm(f, b, 1)
-        total += n * (cbm(b, f // 2, 1) + cbm(f // 2, b, 3))
-        total += cbm(b, b, 1) + cbm(2 * b, f, 1)
-        cin = f
-    return total
-
-
-@pytest.mark.parametrize("shape", [(320, 320, 3), (320, 512, 3)])
-def test_cspdarknet53_pyramid_and_size(shape):
-    model, feats = _build(cspdarknet.cspdarknet53, shape)
-    _check_pyramid(feats, shape, (256, 512, 1024))
-    n = model.count_params()
-    assert 25_000_000 < n < 28_000_000  # YOLOv4 paper's CSPDarknet53 is ~26.6M (26,652,512 here)
-    assert n == _csp_param_count(1.0)
-    acts = [layer for layer in model.layers if isinstance(layer, layers.Activation)]
-    convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
-    assert len(convs) == 72 and len(acts) == len(convs)  # 1 + 5*5 + 2*(1+2+8+8+4)
-    assert all(layer.get_config()["activation"] == "mish" for layer in acts)
-    assert [f._keras_history[0].name for f in feats] == [
-        "csp_stage3_out_mish", "csp_stage4_out_mish", "csp_stage5_out_mish"]
-
-
-def test_cspdarknet53_half_width_and_bad_alpha():
-    inp = keras.Input((64, 96, 3))
-    feats = cspdarknet.build_cspdarknet53(inp, alpha=0.5)
-    _check_pyramid(feats, (64, 96), (128, 256, 512))
-    assert keras.Model(inp, feats).count_params() == _csp_param_count(0.5)
-    with pytest.raises(ValueError, match=r"alpha must be one of \(0.5, 1.0\), got 0.75"):
-        cspdarknet.build_cspdarknet53(keras.Input((64, 64, 3)), alpha=0.75)
-
-
-def test_csp_stage_with_mish_saves_and_loads_safely(tmp_path):
-    inp = keras.Input((16, 16, 3))
-    out = cspdarknet.apply_csp_stage(inp, 8, 1, name="csp_stage1")
-    model = keras.Model(inp, out)
-    path = tmp_path / "csp.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    x = RNG.uniform(size=(1, 16, 16, 3)).astype("float32")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
-    assert loaded.get_layer("csp_stage1_out_mish").get_config()["activation"] == "mish"
-
-
-# --------------------------------------------------------------------------- all three
+# --------------------------------------------------------------------------- both
 
 @pytest.mark.parametrize("fn,kw", [
     (shufflenet.build_shufflenetv1, {"groups": 2, "alpha": 0.5}),
     (shufflenet.build_shufflenetv2, {"alpha": 0.5}),
-    (cspdarknet.cspdarknet53, {}),
 ])
 def test_forward_pass_is_finite(fn, kw):
     model, _ = _build(fn, (64, 96, 3), **kw)
@@ -250,15 +162,12 @@ def test_shufflenet_units_save_and_load_safely(version, tmp_path):
                                keras.ops.convert_to_numpy(model(x, training=False)), rtol=1e-5, atol=1e-5)
 
 
-def test_registered_under_their_names():
-    from nets import backbones
-    try:
-        names = backbones.available_backbones()
-    except ModuleNotFoundError as exc:  # another family's module is not written yet
-        pytest.skip(f"registry cannot load every family yet: {exc}")
-    assert {"shufflenetv1", "shufflenetv2", "cspdarknet53"} <= set(names)
-    assert backbones.get_spec("shufflenetv1").alphas == (0.5, 1.0, 1.5, 2.0)
-    assert backbones.get_spec("shufflenetv2").alphas == (0.5, 1.0, 1.5, 2.0)
-    assert backbones.get_spec("cspdarknet53").default_alpha == 1.0
-    feats = backbones.build_backbone("shufflenetv1", keras.Input((64, 64, 3)), 0.5, None, groups=8)
-    assert feats[0].shape[-1] == 192
+@pytest.mark.parametrize("name,options,channels", [
+    ("shufflenetv1", {"groups": 8}, (192, 384, 768)),  # Table 1, g = 8, 0.5x
+    ("shufflenetv2", {}, V2_TABLE[0.5]),
+])
+def test_backbone_contract(name, options, channels):
+    model, got = check_backbone_contract(name, 0.5, (64, 96), **options)
+    assert tuple(got) == channels
+    prefix = "shufflev1_" if name == "shufflenetv1" else "shufflev2_"
+    assert all(layer.name.startswith(prefix) for layer in model.layers[1:])

@@ -1,0 +1,184 @@
+"""utils/data/check.py: dataset statistics, the dataset check and the split files it writes,
+and their front end voc_annotation.py."""
+import os
+
+import numpy as np
+import pytest
+
+import voc_annotation
+from _data_helpers import make_root, voc_xml
+from utils.data.check import (COCO_MEDIUM, COCO_SMALL, check_dataset, dataset_stats, format_split_table,
+                              format_stats, write_splits)
+from utils.data.voc import DatasetError, VocRecord
+
+CLASSES = ["cat", "dog"]
+
+
+def _link_bccd(bccd_root, tmp_path):
+    root = tmp_path / "BCCD"
+    root.mkdir()
+    for d in ("Annotations", "JPEGImages"):
+        os.symlink(bccd_root / d, root / d)
+    return root
+
+
+def test_write_splits_on_bccd_union_and_disjoint(bccd_root, tmp_path):
+    root = _link_bccd(bccd_root, tmp_path)
+    log = []
+    parts = write_splits(root, ["RBC", "WBC", "Platelets"], (0.8, 0.1, 0.1), seed=0, check_images=False,
+                         log=log.append)
+    main = root / "ImageSets" / "Main"
+    files = {s: (main / f"{s}.txt").read_text().split() for s in ("train", "val", "test", "trainval")}
+    assert files == parts
+    all_ids = sorted(p.stem for p in (bccd_root / "Annotations").glob("*.xml"))
+    assert sorted(files["train"] + files["val"] + files["test"]) == all_ids
+    assert not (set(files["train"]) & set(files["val"]) or set(files["train"]) & set(files["test"])
+                or set(files["val"]) & set(files["test"]))
+    assert files["trainval"] == sorted(files["train"] + files["val"])
+    assert [len(files[s]) for s in ("train", "val", "test")] == [291, 37, 36]  # 364 * ratios, largest remainder
+    table = log[-1]
+    assert table.splitlines()[0].split() == ["split", "images", "negatives", "boxes", "RBC", "WBC", "Platelets"]
+    with pytest.raises(DatasetError, match="already exist.*--overwrite"):
+        write_splits(root, ["RBC", "WBC", "Platelets"], log=None)
+    again = write_splits(root, ["RBC", "WBC", "Platelets"], (0.8, 0.1, 0.1), seed=0, overwrite=True,
+                         check_images=False, log=None)
+    assert again == parts
+
+
+def test_check_dataset_stats_and_split_problems(tmp_path):
+    root = make_root(tmp_path / "V", {
+        "a": voc_xml([("cat", (0, 0, 20, 20), 0), ("dog", (0, 0, 40, 40), 1)], size=(200, 200)),
+        "b": voc_xml([("cat", (0, 0, 100, 100), 0), ("cat", (5, 5, 5, 9), 0)], size=(200, 200)),
+        "c": voc_xml([], size=(200, 200)),
+    }, image_sizes={k: (200, 200) for k in "abc"})
+    (root / "ImageSets" / "Main" / "val.txt").write_text("a\nghost\n")
+    res = check_dataset(CLASSES, root=root)
+    st = res.stats
+    assert st["images"] == 3 and st["negatives"] == 1
+    assert st["per_class"]["cat"]["boxes"] == 2 and st["per_class"]["dog"]["difficult"] == 1
+    # areas 400 (small < 32^2), 1600 (medium), 10000 (large >= 96^2)
+    assert (st["all"]["small"], st["all"]["medium"], st["all"]["large"]) == (1, 1, 1)
+    assert (st["all"]["w_min"], st["all"]["w_median"], st["all"]["w_max"]) == (20, 40, 100)
+    probs = res.problems()
+    assert any("b.xml" in p and "zero" in p for p in probs)
+    assert any("val.txt" in p and "ghost" in p for p in probs)
+    assert any("both train.txt and val.txt" in p for p in probs)
+    text = res.format()
+    assert "3 problem(s) found" in text and "w min/med/max" in text
+    assert dataset_stats([], CLASSES)["images"] == 0
+
+
+def test_voc_annotation_cli(tmp_path, capsys):
+    root = make_root(tmp_path / "V", {f"i{k}": voc_xml([("cat", (1, 1, 9, 9), 0)]) for k in range(10)}, split=None)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+    assert voc_annotation.main(["--root", str(root), "--classes", str(classes), "--ratios", "0.6", "0.2", "0.2",
+                                "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    assert rows["train"][1:3] == ["6", "0"] and rows["test"][1] == "2" and rows["trainval"][1] == "8"
+    assert voc_annotation.main(["check", "--root", str(root), "--classes", str(classes)]) == 0
+    assert "0 problem(s) found" in capsys.readouterr().out
+    assert voc_annotation.main(["check", "--images", str(root / "JPEGImages"), "--annotations",
+                                str(root / "Annotations"), "--classes", str(classes)]) == 0
+    assert "loaded 10 images with 10 boxes" in capsys.readouterr().out
+    assert voc_annotation.main(["--root", str(tmp_path / "missing"), "--classes", str(classes)]) == 2
+    err = capsys.readouterr().err
+    assert "dataset root not found" in err and str(tmp_path / "missing") in err
+    assert voc_annotation.main(["check", "--root", str(root), "--classes", str(tmp_path / "nope.txt")]) == 2
+    assert "nope.txt" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- statistics by hand
+
+def _record(i, boxes, labels, difficult=None, size=(200, 100)):
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    labels = np.asarray(labels, np.int32)
+    difficult = np.zeros(len(labels), bool) if difficult is None else np.asarray(difficult, bool)
+    return VocRecord(image_path=f"{i}.jpg", width=size[0], height=size[1], boxes=boxes,
+                     labels=labels, difficult=difficult)
+
+
+def test_dataset_stats_by_hand():
+    records = [
+        _record("a", [[0, 0, 10, 20], [0, 0, 31, 33]], [0, 1], [False, True]),  # areas 200, 1023
+        _record("b", [[5, 5, 105, 101]], [0], size=(640, 480)),                 # area 9600
+        _record("c", [], []),                                                    # a negative
+    ]
+    st = dataset_stats(records, CLASSES)
+    assert (st["images"], st["negatives"]) == (3, 1)
+    # COCO buckets: small < 32^2 = 1024 <= medium < 96^2 = 9216 <= large
+    assert (COCO_SMALL, COCO_MEDIUM) == (1024, 9216)
+    assert (st["all"]["small"], st["all"]["medium"], st["all"]["large"]) == (2, 0, 1)
+    assert st["all"]["boxes"] == 3 and st["all"]["difficult"] == 1
+    assert (st["all"]["w_min"], st["all"]["w_median"], st["all"]["w_max"]) == (10, 31, 100)
+    assert (st["all"]["h_min"], st["all"]["h_median"], st["all"]["h_max"]) == (20, 33, 96)
+    cat, dog = st["per_class"]["cat"], st["per_class"]["dog"]
+    assert (cat["boxes"], cat["images"], cat["small"], cat["large"]) == (2, 2, 1, 1)
+    assert (dog["boxes"], dog["images"], dog["difficult"], dog["w_median"]) == (1, 1, 1, 31)
+    assert st["image_sizes"] == {(200, 100): 2, (640, 480): 1}
+    text = format_stats(st)
+    assert text.startswith("images: 3 (1 without boxes); image sizes: 200x100 (2), 640x480 (1)\n")
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[3:]}
+    assert rows["cat"] == ["2", "2", "0", "1", "0", "1", "10/55/100", "20/58/96"]
+    assert rows["all"] == ["3", "3", "1", "2", "0", "1", "10/31/100", "20/33/96"]
+
+
+def test_dataset_stats_of_a_class_without_boxes():
+    st = dataset_stats([_record("a", [[0, 0, 4, 4]], [1])], CLASSES)
+    assert st["per_class"]["cat"] == {"boxes": 0, "difficult": 0, "small": 0, "medium": 0, "large": 0, "images": 0}
+    cat_row = [line for line in format_stats(st).splitlines() if line.startswith("cat")][0]
+    assert cat_row.split()[-2:] == ["-", "-"]
+
+
+def test_split_table_counts_per_split():
+    splits = {"train": [_record("a", [[0, 0, 4, 4], [1, 1, 5, 5]], [0, 1]), _record("b", [], [])],
+              "val": [_record("c", [[0, 0, 4, 4]], [1])]}
+    lines = format_split_table(splits, CLASSES).splitlines()
+    assert lines[0].split() == ["split", "images", "negatives", "boxes", "cat", "dog"]
+    assert lines[2].split() == ["train", "2", "1", "2", "1", "1"]
+    assert lines[3].split() == ["val", "1", "0", "1", "0", "1"]
+
+
+# ----------------------------------------------------------------------------- checks and split files
+
+def test_check_dataset_of_a_flat_folder_pair_and_bad_arguments(tmp_path):
+    root = make_root(tmp_path / "V", {"a": voc_xml([("dog", (1, 1, 9, 9), 0)]),
+                                      "b": voc_xml([("bird", (1, 1, 9, 9), 0)])}, split=None)
+    res = check_dataset(CLASSES, images_dir=root / "JPEGImages", annotations_dir=root / "Annotations")
+    assert res.stats["images"] == 2 and res.stats["per_class"]["dog"]["boxes"] == 1
+    assert res.split_problems == []  # a flat pair has no split files to check
+    assert any("'bird'" in p for p in res.problems())
+    with pytest.raises(ValueError, match="give root=, or images_dir= and annotations_dir="):
+        check_dataset(CLASSES, images_dir=root / "JPEGImages")
+    no_splits = check_dataset(CLASSES, root=root)
+    assert any("no split files" in p for p in no_splits.problems())
+
+
+def test_write_splits_disjoint_complete_and_kept_unless_overwritten(tmp_path):
+    ids = [f"im{i:02d}" for i in range(20)]
+    root = make_root(tmp_path / "V", {i: voc_xml([("cat", (1, 1, 9, 9), 0)]) for i in ids}, split=None)
+    log = []
+    parts = write_splits(root, CLASSES, (0.6, 0.2, 0.2), seed=5, check_images=False, log=log.append)
+    main = root / "ImageSets" / "Main"
+    files = {s: (main / f"{s}.txt").read_text().split() for s in ("train", "val", "test", "trainval")}
+    assert files == parts
+    assert [len(files[s]) for s in ("train", "val", "test")] == [12, 4, 4]
+    assert sorted(files["train"] + files["val"] + files["test"]) == ids
+    assert set(files["trainval"]) == set(files["train"]) | set(files["val"])
+    assert log[-2].startswith("wrote ") and log[-1].splitlines()[2].split()[:2] == ["train", "12"]
+    before = (main / "train.txt").read_text()
+    with pytest.raises(DatasetError, match=r"split files already exist: .*train\.txt.*--overwrite"):
+        write_splits(root, CLASSES, (0.6, 0.2, 0.2), seed=6, log=None)
+    assert (main / "train.txt").read_text() == before
+    other = write_splits(root, CLASSES, (0.6, 0.2, 0.2), seed=6, overwrite=True, log=None)
+    assert other != parts and sorted(sum((other[s] for s in ("train", "val", "test")), [])) == ids
+    assert check_dataset(CLASSES, root=root).split_problems == []
+
+
+def test_write_splits_leaves_unusable_ids_out(tmp_path):
+    root = make_root(tmp_path / "V", {"good": voc_xml([("cat", (1, 1, 9, 9), 0)]), "noimage": voc_xml([]),
+                                      "broken": "<annotation>"}, split=None, image_sizes={"noimage": None})
+    parts = write_splits(root, CLASSES, (0.5, 0.5), seed=0, log=None)
+    assert sorted(parts) == ["train", "trainval", "val"]  # no test ratio: no test.txt
+    assert parts["trainval"] == ["good"] and not (root / "ImageSets" / "Main" / "test.txt").exists()

@@ -1,0 +1,94 @@
+"""utils/training/config.py: YAML options under the parser's names, command line first,
+clear errors, atomic save. (tests/test_train.py checks the same through train.parse_args.)"""
+import argparse
+
+import pytest
+import yaml
+
+from utils.training.config import load_yaml, parse_with_config, save_yaml
+
+
+def parser():
+    p = argparse.ArgumentParser()
+    p.add_argument("--config")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--name", default="exp")
+    p.add_argument("--schedule", choices=["cos", "step"], default="cos")
+    p.add_argument("--sizes", type=int, nargs="+", default=[416])
+    p.add_argument("--fast", action="store_true")
+    return p
+
+
+def write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_without_config_it_is_plain_argparse():
+    args = parse_with_config(parser(), ["--batch-size", "4"])
+    assert (args.batch_size, args.lr, args.name, args.sizes, args.fast, args.config) == (4, 0.01, "exp", [416], False,
+                                                                                         None)
+
+
+def test_yaml_overrides_defaults_and_the_command_line_overrides_yaml(tmp_path):
+    cfg = write(tmp_path, "batch-size: 16\nlr: 0.5\nname: run1\nschedule: step\nsizes: [320, 256]\nfast: true\n")
+    args = parse_with_config(parser(), ["--config", cfg])
+    assert (args.batch_size, args.lr, args.name, args.schedule, args.sizes, args.fast) == (16, 0.5, "run1", "step",
+                                                                                           [320, 256], True)
+    args = parse_with_config(parser(), ["--lr", "0.1", f"--config={cfg}", "--sizes", "128", "--schedule", "cos"])
+    assert (args.batch_size, args.lr, args.name, args.schedule, args.sizes) == (16, 0.1, "run1", "cos", [128])
+
+
+def test_dashes_or_underscores_and_values_converted_by_the_option_type(tmp_path):
+    for key in ("batch-size", "batch_size"):
+        args = parse_with_config(parser(), ["--config", write(tmp_path, f"{key}: '12'\nlr: '1e-3'\n")])
+        assert args.batch_size == 12 and isinstance(args.batch_size, int)
+        assert args.lr == pytest.approx(1e-3) and isinstance(args.lr, float)
+    args = parse_with_config(parser(), ["--config", write(tmp_path, "name: null\n")])
+    assert args.name is None
+
+
+def test_unknown_keys_and_bad_choices_name_the_file_and_key(tmp_path):
+    cfg = write(tmp_path, "batch-size: 4\nbatch-sise: 5\n", "typo.yaml")
+    with pytest.raises(ValueError, match=r"typo\.yaml: unknown option 'batch-sise'"):
+        parse_with_config(parser(), ["--config", cfg])
+    for key in ("help", "config"):
+        with pytest.raises(ValueError, match=rf"unknown option '{key}'"):
+            parse_with_config(parser(), ["--config", write(tmp_path, f"{key}: x\n")])
+    cfg = write(tmp_path, "schedule: linear\n", "choice.yaml")
+    with pytest.raises(ValueError, match=r"choice\.yaml: schedule must be one of \['cos', 'step'\], got 'linear'"):
+        parse_with_config(parser(), ["--config", cfg])
+    with pytest.raises(ValueError, match=r"invalid literal"):  # the option's type() rejects it
+        parse_with_config(parser(), ["--config", write(tmp_path, "batch-size: many\n")])
+
+
+def test_load_yaml_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config file not found: .*nope\.yaml"):
+        load_yaml(tmp_path / "nope.yaml")
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        parse_with_config(parser(), ["--config", str(tmp_path / "nope.yaml")])
+    with pytest.raises(ValueError, match=r"broken\.yaml: not valid YAML"):
+        load_yaml(write(tmp_path, "a: [1, 2\n", "broken.yaml"))
+    with pytest.raises(ValueError, match=r"list\.yaml: expected a mapping"):
+        load_yaml(write(tmp_path, "- a\n- b\n", "list.yaml"))
+    assert load_yaml(write(tmp_path, "", "empty.yaml")) == {}
+    assert parse_with_config(parser(), ["--config", write(tmp_path, "# nothing\n")]).batch_size == 8
+
+
+def test_save_yaml_round_trips_in_order_and_is_atomic(tmp_path):
+    data = {"zeta": 1, "alpha": [1, 2], "name": "x", "nested": {"b": 2.5, "a": None}}
+    path = tmp_path / "out" / "config.yaml"
+    save_yaml(data, path)
+    assert load_yaml(path) == data
+    assert list(yaml.safe_load(path.read_text())) == ["zeta", "alpha", "name", "nested"]  # not sorted
+    before = path.read_bytes()
+    with pytest.raises(yaml.YAMLError):
+        save_yaml({"ok": 1, "bad": object()}, path)  # safe_dump refuses part-way through
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]
+    # a saved run configuration feeds back in as --config
+    save_yaml({"batch_size": 3, "sizes": [64]}, path)
+    args = parse_with_config(parser(), ["--config", str(path)])
+    assert (args.batch_size, args.sizes) == (3, [64])

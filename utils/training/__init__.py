@@ -1,0 +1,1 @@
+"""train.py's run: trainer (phases, optimizer, data), callbacks, configuration."""
