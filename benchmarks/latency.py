@@ -139,7 +139,8 @@ def random_input(input_hw):
 
 
 # ----------------------------------------------------------------------------- table
-def measure_backbone(name, alpha, input_hw, num_classes, runs, warmup, frozen=False, compare=False) -> dict:
+def measure_backbone(name, alpha, input_hw, num_classes, runs, warmup, frozen=False, compare=False,
+                     **options) -> dict:
     """Times what the Detector runs: the body with its batch norms folded (nets/fold.py).
 
     ``compare``: also the body as it was before the speed work (Keras' BatchNormalization,
@@ -153,7 +154,7 @@ def measure_backbone(name, alpha, input_hw, num_classes, runs, warmup, frozen=Fa
     from nets.summary import conv_flops
     from nets.yolo import yolo_body
 
-    model = yolo_body(input_hw, num_classes, backbone=name, alpha=alpha)
+    model = yolo_body(input_hw, num_classes, backbone=name, alpha=alpha, **options)
     fn = compiled_call(fold_batchnorm(model), input_hw)
     calls = {"tf.function": fn}
     if compare:
@@ -161,7 +162,8 @@ def measure_backbone(name, alpha, input_hw, num_classes, runs, warmup, frozen=Fa
     if frozen:
         calls["frozen"] = frozen_call(fn)
     times = time_interleaved(calls, random_input(input_hw), runs, warmup)
-    row = {"backbone": name, "alpha": alpha, "params": model.count_params(), "gflops": conv_flops(model) / 1e9,
+    label = name + "".join(f" ({v})" for v in options.values())
+    row = {"backbone": label, "alpha": alpha, "params": model.count_params(), "gflops": conv_flops(model) / 1e9,
            "runs": runs, "warmup": warmup, "load": os.getloadavg()[0],
            **{k: stats_ms(w) | {"cpu": stats_ms(c)["median"]} for k, (w, c) in times.items()}}
     del calls, fn, model
@@ -349,6 +351,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: TensorFlow's, = cores)")
     p.add_argument("--inter-threads", type=int, default=0, help="inter-op threads (default 0: TensorFlow's)")
     p.add_argument("--frozen", action="store_true", help="also time the frozen graph (variables as constants)")
+    p.add_argument("--mobilenetv2-taps", nargs="+", choices=["expanded", "projected"], default=["expanded"],
+                   help="mobilenetv2 rows: one per taps setting (see train.py --taps)")
     p.add_argument("--compare-bn", action="store_true",
                    help="also time the body as before the speed work (Keras BatchNormalization, not folded)")
     p.add_argument("--breakdown", metavar="NAME", help="time backbone / neck / heads of this backbone and profile it")
@@ -391,8 +395,12 @@ def main(argv=None) -> int:
               f"{args.inter_threads or 'default'}; TF_ENABLE_ONEDNN_OPTS="
               f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}", flush=True)
         for name in names:
-            rows.append(measure_backbone(name, alphas[name], hw, args.num_classes, args.runs, args.warmup,
-                                         args.frozen, args.compare_bn))
+            variants = [{"taps": t} for t in args.mobilenetv2_taps] if name == "mobilenetv2" else [{}]
+            for options in variants:
+                if options == {"taps": "expanded"} and len(variants) == 1:
+                    options = {}
+                rows.append(measure_backbone(name, alphas[name], hw, args.num_classes, args.runs, args.warmup,
+                                             args.frozen, args.compare_bn, **options))
             if not args.json:
                 table = format_table(rows)
                 print("\n".join(table[:2] if len(rows) == 1 else table[-1:]), flush=True)

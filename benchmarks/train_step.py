@@ -25,7 +25,7 @@ SECTION = "Training step throughput"
 GOAL = 5.0  # images/s at batch 8, the training issue's target
 
 
-def step_throughput(backbone="mobilenetv2", alpha=1.0, size=416, batch=8, steps=10, compare=False):
+def step_throughput(backbone="mobilenetv2", alpha=1.0, size=416, batch=8, steps=10, compare=False, **options):
     """{variant: (images/s, seconds/step)} of a bare training step on a fixed BCCD batch.
 
     Variant "after" is the body train.py builds (the fused BatchNormalization of nets/layers.py);
@@ -48,7 +48,7 @@ def step_throughput(backbone="mobilenetv2", alpha=1.0, size=416, batch=8, steps=
     recs = load_voc(str(BCCD), "train", str(ROOT / "model_data" / "bccd_classes.txt"), log=None)
     anchors = load_anchors()
     x, y = TrainDataset(recs, 3, hw, batch, anchors).batch(0)
-    body = yolo_body(hw, 3, backbone=backbone, alpha=alpha, weight_decay=0.0)
+    body = yolo_body(hw, 3, backbone=backbone, alpha=alpha, weight_decay=0.0, **options)
     bodies = {"after": body, **({"before": use_keras_batchnorm(body)} if compare else {})}
     trainers = {}
     for name, net in bodies.items():
@@ -86,20 +86,24 @@ def main(argv=None):
     configs = []
     for spec in args.configs:
         try:
-            backbone, alpha, size = spec.split(":")
-            configs.append((backbone, float(alpha), int(size)))
+            backbone, alpha, size, *taps = spec.split(":")
+            if len(taps) > 1 or (taps and backbone != "mobilenetv2"):
+                raise ValueError
+            configs.append((backbone, float(alpha), int(size), {"taps": taps[0]} if taps else {}))
         except ValueError:
-            p.error(f"--configs: expected backbone:alpha:size (e.g. mobilenetv2:0.5:320), got {spec!r}")
+            p.error(f"--configs: expected backbone:alpha:size[:taps] (e.g. mobilenetv2:0.5:320, "
+                    f"mobilenetv2:1.0:416:projected), got {spec!r}")
     lines = [f"batch {args.batch_size}, AdamW + EMA, median of {args.steps} steps after 2 warm-up steps"
              + ("; before = Keras' BatchNormalization, after = the fused one train.py uses, stepped in turn"
                 if args.compare_bn else "")
              + f"; goal of the training issue: >= {GOAL:g} images/s", "",
              f"{'backbone':12s} {'alpha':>5s} {'input':>5s} {'s/step':>7s} {'images/s':>8s}  goal"
              + ("   before s/step  before images/s  speed-up" if args.compare_bn else "")]
-    for backbone, alpha, size in configs:
-        res = step_throughput(backbone, alpha, size, args.batch_size, args.steps, args.compare_bn)
+    for backbone, alpha, size, options in configs:
+        res = step_throughput(backbone, alpha, size, args.batch_size, args.steps, args.compare_bn, **options)
         ips, dt = res["after"]
-        line = f"{backbone:12s} {alpha:5g} {size:5d} {dt:7.2f} {ips:8.1f}  {'met' if ips >= GOAL else 'not met'}"
+        label = backbone + "".join(f"/{v}" for v in options.values())
+        line = f"{label:12s} {alpha:5g} {size:5d} {dt:7.2f} {ips:8.1f}  {'met' if ips >= GOAL else 'not met'}"
         if "before" in res:
             b_ips, b_dt = res["before"]
             line += f"   {b_dt:14.2f}  {b_ips:15.1f}  {ips / b_ips:7.2f}x"

@@ -89,33 +89,14 @@ class BatchNormalization(layers.BatchNormalization):
     autodiff of all of those. This layer is numerically the same layer (same constructor, config,
     weights, moving-average rule and ``trainable=False`` behaviour) but runs the fused kernel.
 
-    Measured while the layer was written (a one-off script with a stand-in loss and SGD; the
-    recorded before/after is ``python benchmarks/train_step.py --compare-bn``), TF 2.21 / Keras 3.15, this project's 2-core CPU, shared
-    and busy: load average 3.6-4.6; the keras and fused models interleaved, medians; "CPU" is the
-    process's CPU time, steadier than wall time under that load):
-
-    ==========================================  ===========  ===========  ============
-    yolo_body 416x416, 20 classes                Keras BN     fused        Keras/fused
-    ==========================================  ===========  ===========  ============
-    mobilenetv1 training step, batch 8, CPU      5.61 s       4.01 s       1.40
-    mobilenetv1 training step, batch 8, wall     10.8 s       6.4 s        1.69
-    mobilenetv2 training step, batch 8, CPU      5.45 s       3.78 s       1.44
-    mobilenetv2 training step, batch 8, wall     2.94 s       2.00 s       1.47
-    mobilenetv1 inference, batch 1, CPU          174 ms       159 ms       1.09
-    mobilenetv1 inference, batch 1, wall         320 ms       313 ms       1.02
-    mobilenetv2 inference, batch 1, CPU          170 ms       150 ms       1.14
-    mobilenetv2 inference, batch 1, wall         222 ms       169 ms       1.32
-    ==========================================  ===========  ===========  ============
-
-    (An earlier, quieter run: training-step wall ratio 1.53 (v1) and 1.48 (v2); inference wall
-    0.98 and 1.08 - the inference gain is within this machine's noise, the training gain is not.)
+    Measured: a training step at batch 8, 416x416, real loss, AdamW + EMA, Keras' BN against
+    this one in the same run (``python benchmarks/train_step.py --compare-bn``, docs/benchmarks.md):
+    mobilenetv1 1.37x, mobilenetv2 1.40x the images/s.
     Where the time goes (tf.profiler op self-time, mobilenetv2 training step): Keras' BN ops
     (Mul, Mean, Sum, SquaredDifference, Tile, Sub, AddV2) take ~25% of op time, the fused
     FusedBatchNormV3 + FusedBatchNormGradV3 ~13%; convolutions (oneDNN) are the rest of the
-    bulk; Relu6 + Relu6Grad ~1-2%, Pad < 1%. In inference TensorFlow's oneDNN graph rewrite folds
-    Conv2D + FusedBatchNormV3 (+ Relu6) into one _FusedConv2D, which it cannot do with Keras'
-    Mul/AddV2 (~14% of inference op time); only the depthwise convs' BN stays a separate op.
-    oneDNN is not a cause of slowness: with TF_ENABLE_ONEDNN_OPTS=0 the mobilenetv2 step takes
+    bulk; Relu6 + Relu6Grad ~1-2%, Pad < 1%. (Inference is left to nets/fold.py, which removes
+    the BN altogether.) oneDNN is not a cause of slowness: with TF_ENABLE_ONEDNN_OPTS=0 the mobilenetv2 step takes
     8.5 s (Keras BN) and 7.4 s (fused) CPU time.
 
     Semantics kept from Keras 3 BatchNormalization (keras/src/layers/normalization/

@@ -118,3 +118,48 @@ def test_real_yolo_body_detector_and_end_to_end_model_agree():
     np.testing.assert_allclose(out["scores"].numpy(), padded[1], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out["boxes"].numpy(), padded[0], rtol=1e-4, atol=1e-2)
     assert len(det.finish(padded, lbs)) == 3
+
+
+def _conv_bn_body(hw, num_classes):
+    """A tiny body whose heads follow conv + fused BN + relu6 blocks (something to fold)."""
+    import keras
+
+    from nets.layers import apply_conv_bn
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((*hw, 3), name="image")
+    x, outs = inp, []
+    for i, s in enumerate((8, 16, 32)):
+        x = apply_conv_bn(x, 8, 3, strides=8 if i == 0 else 2, name=f"b{s}")
+        outs.append(keras.layers.Conv2D(3 * (5 + num_classes), 1, name=f"head{s}")(x))
+    return keras.Model(inp, outs[::-1])
+
+
+def _set_bn_stats(model, seed):
+    import keras
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.5, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+
+
+def test_detector_runs_the_folded_model_and_follows_training_with_sync_weights():
+    import keras
+    body = _conv_bn_body(HW, 3)
+    _set_bn_stats(body, 0)
+    meta = {"class_names": CLASSES, "anchors": ANCHORS, "input_shape": HW}
+    det = Detector(body, meta, score_thresh=0.0, max_det=10)
+    assert not [l for l in det.model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    batch = np.random.default_rng(3).integers(0, 256, (2, *HW, 3)).astype(np.uint8)
+    want = [np.asarray(h) for h in body(batch.astype(np.float32), training=False)]
+    for got, ref in zip(det.forward(batch), want):
+        np.testing.assert_allclose(np.asarray(got), ref, atol=1e-4)
+    _set_bn_stats(body, 1)  # "an epoch of training" changes the original only
+    want = [np.asarray(h) for h in body(batch.astype(np.float32), training=False)]
+    assert max(float(np.abs(np.asarray(g) - r).max()) for g, r in zip(det.forward(batch), want)) > 1e-2
+    det.sync_weights()
+    for got, ref in zip(det.forward(batch), want):
+        np.testing.assert_allclose(np.asarray(got), ref, atol=1e-4)
+    unfolded = Detector(body, meta, fold=False)
+    assert unfolded.model is body

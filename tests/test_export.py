@@ -212,6 +212,7 @@ def test_metadata_describes_the_artifact(yolo, classes):
         assert [o["shape"][1:] for o in meta["outputs"]] == [[4, 4, 27], [8, 8, 27], [16, 16, 27]]
         assert meta["format"] == {"saved_model": "saved_model", "onnx": "onnx"}.get(fmt, "tflite")
         assert meta["bytes"] == r.bytes and len(meta["sha256"]) == 64
+        assert meta["batchnorm_folded"] is True  # the folded network is what is written
     assert json.loads(pathlib.Path(meta_path(results["onnx"].path)).read_text())["exporter"]["onnx_opset"] >= 13
     table = format_results(list(results.values()))
     assert "tflite-int8" in table and "max |diff|" in table and "(|ref|" in table

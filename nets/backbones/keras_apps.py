@@ -296,7 +296,7 @@ def build_mobilenetv2(inputs, alpha: float = 1.0, weights=None, *, weight_decay:
 
     ``taps``: "expanded" taps the expansion ReLU6 of the block that downsamples next and the
     final 1x1 conv (192/576/1280 channels at alpha 1); "projected" taps the linear block
-    outputs (32/96/320), 1.05 M parameters and 0.5 GFLOPs (at 416) fewer in the detector.
+    outputs (32/96/320), 1.05 M parameters and 0.58 GFLOPs (at 416) fewer in the detector.
     """
     name = "mobilenetv2"
     if taps not in MOBILENETV2_TAPS:
