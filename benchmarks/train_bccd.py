@@ -42,6 +42,8 @@ def main(argv=None):
                    help="skip training: evaluate the finished run in --save-dir (wall time from its files' times)")
     p.add_argument("--note", default="", help="a sentence recorded with the figures (e.g. which commit trained)")
     p.add_argument("--no-record", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    p.add_argument("--section", default=SECTION,
+                   help=f"the docs/benchmarks.md section to record into (default {SECTION!r}; e.g. an ablation's own)")
     args = p.parse_args(own)
     if not (BCCD / "Annotations").is_dir():
         sys.exit(f"BCCD not found at {BCCD} (see ../shared/data/README.md)")
@@ -74,7 +76,7 @@ def main(argv=None):
     test = load_voc(str(BCCD), "test", det.class_names, log=None)
     res = evaluate_records(det, test)
     from benchmarks.train_step import step_throughput
-    ips, _ = step_throughput(args.backbone, args.alpha, args.input_size, args.batch_size)
+    ips, _ = step_throughput(args.backbone, args.alpha, args.input_size, args.batch_size)["after"]
     lines = [f"{args.backbone} alpha {args.alpha:g}, {hw[0]}x{hw[1]}, {epochs_done} epochs from scratch "
              f"(no ImageNet weights), batch {args.batch_size}, extra options: {' '.join(extra) or 'none'}",
              f"BCCD test ({len(test)} images): mAP@0.5 = {res['map']:.4f}, "
@@ -93,7 +95,7 @@ def main(argv=None):
     print("\n".join(lines))
     if not args.no_record:
         from benchmarks._record import command_line, record
-        record(SECTION, command_line("train_bccd.py", argv), lines)
+        record(args.section, command_line("train_bccd.py", argv), lines)
     return 0
 
 

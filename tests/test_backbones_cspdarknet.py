@@ -29,6 +29,7 @@ def _csp_param_count(alpha=1.0):
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(320, 320, 3), (320, 512, 3)])
 def test_cspdarknet53_pyramid_and_size(shape):
     model, feats = _build(cspdarknet.build_cspdarknet53, shape)
@@ -65,6 +66,7 @@ def test_csp_stage_with_mish_saves_and_loads_safely(tmp_path):
     assert loaded.get_layer("csp_stage1_out_mish").get_config()["activation"] == "mish"
 
 
+@pytest.mark.slow
 def test_forward_pass_is_finite():
     model, _ = _build(cspdarknet.build_cspdarknet53, (64, 96, 3))
     x = RNG.uniform(0, 255, size=(2, 64, 96, 3)).astype("float32")
@@ -89,6 +91,7 @@ def test_csp_stage_block_is_residual_and_first_stage_is_wide():
     assert rescale.scale == pytest.approx(1 / 255) and rescale.offset == 0
 
 
+@pytest.mark.slow
 def test_backbone_contract():
     model, channels = check_backbone_contract("cspdarknet53", 0.5, (64, 96))
     assert tuple(channels) == (128, 256, 512)

@@ -26,6 +26,7 @@ def ghost_1():
     return _model(1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.5, 1.0])
 @pytest.mark.parametrize("hw", [(320, 320), (320, 512)])
 def test_feature_shapes_are_exact_strides(alpha, hw):
@@ -101,6 +102,7 @@ def test_ghostnet_param_count_matches_paper(ghost_1):
     assert round((trainable + head) / 1e6, 1) == 5.2
 
 
+@pytest.mark.slow
 def test_tiny_forward_is_finite():
     model = _model(0.5, (64, 96, 3))
     x = np.random.default_rng(2).uniform(0, 255, size=(2, 64, 96, 3)).astype("float32")
@@ -110,6 +112,7 @@ def test_tiny_forward_is_finite():
         assert all(np.isfinite(o).all() and o.std() > 0 for o in outs)
 
 
+@pytest.mark.slow
 def test_backbone_contract():
     """Three maps at strides 8/16/32, explicit names, and the whole backbone (ghost modules,
     SE, stride-2 bottlenecks, ChannelSlice) saves and reloads with safe_mode=True."""

@@ -76,6 +76,7 @@ def offline_keras_cache(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hw", [(320, 320), (320, 512)], ids=["320x320", "320x512"])
 @pytest.mark.parametrize("name,alpha", list(CASES), ids=[f"{n}-{a:g}" for n, a in CASES])
 def test_taps_are_strides_8_16_32(name, alpha, hw):
@@ -93,6 +94,7 @@ def test_taps_are_strides_8_16_32(name, alpha, hw):
     assert not [layer for layer in model.layers if isinstance(layer, keras.layers.Lambda)]
 
 
+@pytest.mark.slow
 def test_layer_names_are_the_same_on_every_build():
     def names():
         inputs = keras.Input((64, 64, 3))
@@ -104,6 +106,7 @@ def test_layer_names_are_the_same_on_every_build():
     assert "mobilenetv3small_re_lu" in first and "mobilenetv3small_activation_1" in first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_preprocessing_matches_keras_preprocess_input(name):
     inputs, _, model = built(name, 1.0, 320, 512)
@@ -120,6 +123,7 @@ def test_preprocessing_matches_keras_preprocess_input(name):
     np.testing.assert_allclose(pre.predict(image, verbose=0), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_saved_backbone_reloads_in_safe_mode(tmp_path):
     # MobileNetV3 is the one with keras' own Rescaling, renamed layers and bare ops (x + 3).
     inputs = keras.Input((64, 64, 3))
@@ -133,6 +137,7 @@ def test_saved_backbone_reloads_in_safe_mode(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_densenet_normalization_survives_its_config():
     # (A whole DenseNet121 .keras round trip takes ~20 s; its only non-keras-app layer is this.)
     layer = built("densenet121", 1.0, 320, 320)[2].get_layer("densenet121_preprocess")
@@ -155,6 +160,7 @@ def test_weight_decay_is_l2_on_every_conv_kernel():
     assert model.get_layer("conv_dw_1").get_config()["depthwise_regularizer"] is not None
 
 
+@pytest.mark.slow
 def test_backbone_contract():
     # (MobileNetV3-Small's safe reload is checked above; DenseNet121's would take ~20 s)
     _, channels = check_backbone_contract("mobilenetv2", 0.5, (64, 96))
@@ -203,6 +209,7 @@ def _fake_imagenet_file(path, alpha):
     return reference
 
 
+@pytest.mark.slow
 def test_cached_imagenet_weights_load_for_any_input_size(offline_keras_cache):
     models_dir = offline_keras_cache / "models"
     models_dir.mkdir()
@@ -226,6 +233,7 @@ def test_cached_imagenet_weights_load_for_any_input_size(offline_keras_cache):
         ka.build_mobilenetv2(keras.Input((160, 160, 3)), 0.5, "imagenet")
 
 
+@pytest.mark.slow
 def test_batchnorm_momentum_is_the_projects_and_is_used():
     # MobileNetV2/V3 ship momentum 0.999: moving statistics that lag ~1000 steps, so a model
     # trained from scratch for a few hundred steps evaluated far from how it trained.
@@ -241,6 +249,7 @@ def test_batchnorm_momentum_is_the_projects_and_is_used():
     np.testing.assert_allclose(np.asarray(bn.moving_mean), (1 - 0.97) * batch_mean, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mobilenetv2_projected_taps_are_the_block_outputs():
     inputs = keras.Input((128, 128, 3))
     feats = build_backbone("mobilenetv2", inputs, alpha=1.0, taps="projected")
@@ -252,6 +261,7 @@ def test_mobilenetv2_projected_taps_are_the_block_outputs():
         build_backbone("mobilenetv2", keras.Input((128, 128, 3)), taps="middle")
 
 
+@pytest.mark.slow
 def test_projected_taps_drop_the_last_conv_and_narrow_the_neck_inputs():
     from nets.yolo import yolo_body
     a = yolo_body((128, 128), 20, "mobilenetv2", taps="expanded")

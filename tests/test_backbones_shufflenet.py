@@ -166,6 +166,7 @@ def test_shufflenet_units_save_and_load_safely(version, tmp_path):
     ("shufflenetv1", {"groups": 8}, (192, 384, 768)),  # Table 1, g = 8, 0.5x
     ("shufflenetv2", {}, V2_TABLE[0.5]),
 ])
+@pytest.mark.slow
 def test_backbone_contract(name, options, channels):
     model, got = check_backbone_contract(name, 0.5, (64, 96), **options)
     assert tuple(got) == channels

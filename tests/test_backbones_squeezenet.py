@@ -78,6 +78,7 @@ def test_tiny_forward_is_finite():
         assert all(np.isfinite(o).all() and o.std() > 0 for o in outs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_backbone_contract(name):
     """Three maps at strides 8/16/32, explicit names, and a safe_mode=True reload of the whole

@@ -101,6 +101,7 @@ def runs(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 def test_predict_starts_with_the_device_line_and_no_tf_noise(runs):
     rc, out, err, save_dir = runs["quiet"]
     assert rc == 0, err
@@ -110,6 +111,7 @@ def test_predict_starts_with_the_device_line_and_no_tf_noise(runs):
     assert (save_dir / "predictions.jsonl").is_file()
 
 
+@pytest.mark.slow
 def test_predict_with_yolo_tf_logs_shows_tensorflows_own_lines(runs):
     rc, out, err, _ = runs["logs"]
     assert rc == 0, err

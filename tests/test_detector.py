@@ -99,6 +99,7 @@ def test_bad_inputs_have_clear_errors(detector):
         detector.detect(_images(), nms="fast")
 
 
+@pytest.mark.slow
 def test_real_yolo_body_detector_and_end_to_end_model_agree():
     # (loading through Detector.from_file is covered by tests/test_eval_map.py)
     yolo = pytest.importorskip("nets.yolo")

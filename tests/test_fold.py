@@ -335,6 +335,7 @@ def _check_yolo(backbone, alpha, side, round_trip, tmp_path):
         assert max_diff(got, reloaded(x, training=False)) < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,alpha,side,round_trip", FAST)
 def test_yolo_body_folds(backbone, alpha, side, round_trip, tmp_path):
     _check_yolo(backbone, alpha, side, round_trip, tmp_path)

@@ -344,6 +344,7 @@ def test_trainer_fit_and_validation_report_the_loss_terms():
         assert after[key] < factor * before[key], (key, before, after)
 
 
+@pytest.mark.slow
 def test_loss_and_gradients_compile_with_xla():
     """Keras turns XLA on by default on a GPU (jit_compile="auto"): the loss must compile."""
     x, y = tiny_data(n=2)
@@ -455,6 +456,7 @@ def test_init_head_biases_rejects_outputs_without_conv():
         init_head_biases(keras.Model(inp, outs), C)
 
 
+@pytest.mark.slow
 def test_init_head_biases_on_the_real_body():
     from nets.yolo import OUTPUT_NAMES, yolo_body
 

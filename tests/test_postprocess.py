@@ -41,6 +41,7 @@ def test_end_to_end_model_saves_and_reloads_safely(tmp_path):
     assert loaded.get_layer("yolo_postprocess").get_config()["nms"] == "diou"
 
 
+@pytest.mark.slow
 def test_end_to_end_model_exports_as_savedmodel(tmp_path):
     model = end_to_end_model(tiny_body((64, 96), 2, seed=None), ANCHORS, 2, score_thresh=0.2, max_det=10,
                              nms="diou")

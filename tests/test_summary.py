@@ -39,6 +39,7 @@ def test_grouped_depthwise_dense_and_free_layers():
     assert conv_flops(model) == 2 * 8 * 10 * 4 * 27 + 2 * 4 * 7
 
 
+@pytest.mark.slow
 def test_report_rows_parameters_flops_and_heads():
     (row,) = report_rows((64, 96), 2, backbones=["mobilenetv1"], alpha=0.25)
     assert row["backbone"] == "mobilenetv1" and row["alpha"] == 0.25
@@ -76,6 +77,7 @@ def test_cli_errors_exit_2_without_building(capsys):
     assert "multiples of 32, got 100x100" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_prints_a_markdown_table(capsys):
     assert summary.main(["--input-size", "64", "96", "--num-classes", "2", "--backbones", "mobilenetv1",
                          "--alpha", "0.25", "--markdown"]) == 0

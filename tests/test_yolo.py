@@ -31,6 +31,7 @@ def test_head_shapes_for_every_backbone_and_size(backbone):
         keras.backend.clear_session()
 
 
+@pytest.mark.slow
 def test_no_lambda_layers_and_unique_explicit_names():
     model = yolo_body((320, 320), NUM_CLASSES, backbone="mobilenetv2")
     assert not any(isinstance(l, keras.layers.Lambda) for l in model.layers)
@@ -40,6 +41,7 @@ def test_no_lambda_layers_and_unique_explicit_names():
     assert "spp_pool13" in neck and "spp_pool9" in neck and "spp_pool5" in neck
 
 
+@pytest.mark.slow
 def test_neck_scales_with_alpha_and_kernels_get_weight_decay():
     assert neck_widths(1.0) == (128, 256, 512)
     assert neck_widths(0.5) == (64, 128, 256)
