@@ -5,6 +5,8 @@ the data-pipeline tests do not need.
 """
 import pathlib
 
+import cv2
+import numpy as np
 from PIL import Image
 
 
@@ -35,3 +37,23 @@ def make_root(root: pathlib.Path, items: dict, split="train", image_sizes=None):
     if split:
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in items))
     return root
+
+
+def random_rgb(seed, h, w):
+    """A seeded (h, w, 3) uint8 RGB noise image."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def write_rgb(path, rgb):
+    """Write an RGB array with OpenCV (BGR on disk); returns the path."""
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def make_source_folder(d):
+    """A predict.py source folder: b.png (120x160), a.jpg (90x70), a corrupt JPEG, a text file."""
+    write_rgb(d / "b.png", random_rgb(1, 120, 160))
+    write_rgb(d / "a.jpg", random_rgb(2, 90, 70))
+    (d / "c_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (d / "notes.txt").write_text("ignored")
+    return d

@@ -94,3 +94,13 @@ def check_backbone_contract(name, alpha, input_hw, seed=0, **options):
     for g, wnt in zip(got, want):
         np.testing.assert_allclose(g, wnt, rtol=1e-5, atol=1e-5)
     return model, channels
+
+
+def check_finite_forward(model, input_hw=(64, 96), grids=((8, 12), (4, 6), (2, 3)), seed=2):
+    """Both modes give the stride-8/16/32 grids, finite and not constant, on a batch of 2."""
+    import numpy as np
+    x = np.random.default_rng(seed).uniform(0, 255, size=(2, *input_hw, 3)).astype("float32")
+    for training in (False, True):
+        outs = [keras.ops.convert_to_numpy(o) for o in model(x, training=training)]
+        assert [o.shape[1:3] for o in outs] == list(grids)
+        assert all(np.isfinite(o).all() and o.std() > 0 for o in outs)

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
+from _data_helpers import make_source_folder, random_rgb, write_rgb
+
 import predict
 from _helpers import tiny_body
 from utils.checkpoint import save_detector
@@ -54,24 +56,10 @@ def detector(weights):
     return Detector.from_file(weights)
 
 
-def _image(seed, h, w):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _write_rgb(path, rgb):
-    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return path
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    d = tmp_path_factory.mktemp("images")
-    _write_rgb(d / "b.png", _image(1, 120, 160))
-    _write_rgb(d / "a.jpg", _image(2, 90, 70))
-    (d / "c_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (d / "notes.txt").write_text("ignored")
-    return d
+    return make_source_folder(tmp_path_factory.mktemp("images"))
 
 
 def _jsonl(path):
@@ -182,7 +170,7 @@ def test_class_filter_parsing_and_mask(detector):
     (masked,) = mask_classes(heads, [1], 3)
     m = masked.numpy().reshape(1, 2, 2, 3, 8)
     assert np.all(m[..., :5] == 0) and np.all(m[..., 6] == 0) and np.all(m[..., [5, 7]] == -1e4)  # cat, bird
-    image = _image(5, 100, 140)
+    image = random_rgb(5, 100, 140)
     # below max_det and the pre-NMS top-k (756 boxes < 1000), masking == dropping afterwards
     only_dog = detect(detector, [image], PredictOptions(conf=0.33, max_det=300, classes=[1]))[0]
     everything = detect(detector, [image], PredictOptions(conf=0.33, max_det=300))[0]

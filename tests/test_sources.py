@@ -2,9 +2,10 @@
 writers (JSON lines, VOC XML, images, crops, videos), each checked by reading back."""
 import json
 
-import cv2
 import numpy as np
 import pytest
+
+from _data_helpers import make_source_folder, random_rgb, write_rgb
 
 from utils.data.images import ImageReadError, read_image
 from utils.data.voc import parse_voc_xml
@@ -14,24 +15,9 @@ from utils.inference.sources import Display, JsonLinesWriter, OutputNames, Sourc
 CLASSES = ["cat", "dog", "bird"]
 
 
-def _image(seed, h, w):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _write_rgb(path, rgb):
-    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return path
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    d = tmp_path_factory.mktemp("images")
-    _write_rgb(d / "b.png", _image(1, 120, 160))
-    _write_rgb(d / "a.jpg", _image(2, 90, 70))
-    (d / "c_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (d / "notes.txt").write_text("ignored")
-    return d
+    return make_source_folder(tmp_path_factory.mktemp("images"))
 
 
 # ----------------------------------------------------------------------------- sources
@@ -53,12 +39,12 @@ def test_sources_and_run_dirs(folder, tmp_path):
 
 
 def test_resolve_source_files_videos_and_patterns(tmp_path):
-    _write_rgb(tmp_path / "x.png", _image(0, 8, 8))
+    write_rgb(tmp_path / "x.png", random_rgb(0, 8, 8))
     (tmp_path / "clip.MP4").write_bytes(b"")  # by extension, case-insensitive; not opened here
     (tmp_path / "scan.TIFF").write_bytes(b"")
     (tmp_path / "data.bin").write_bytes(b"")
     (tmp_path / "sub").mkdir()
-    _write_rgb(tmp_path / "sub" / "y.jpg", _image(1, 8, 8))
+    write_rgb(tmp_path / "sub" / "y.jpg", random_rgb(1, 8, 8))
     assert resolve_source(tmp_path / "x.png") == [SourceItem(str(tmp_path / "x.png"), "image")]
     assert resolve_source(str(tmp_path / "clip.MP4"))[0].kind == "video"
     assert resolve_source(str(tmp_path / "data.bin"))[0].kind == "image"  # named: read (and maybe skipped)
@@ -80,7 +66,7 @@ def test_webcam_index_unless_a_file_has_that_name(tmp_path, monkeypatch):
     assert resolve_source(0) == [SourceItem("0", "webcam")]
     assert resolve_source(" 2 ") == [SourceItem("2", "webcam")]
     monkeypatch.chdir(tmp_path)
-    _write_rgb(tmp_path / "1.png", _image(0, 4, 4))
+    write_rgb(tmp_path / "1.png", random_rgb(0, 4, 4))
     (tmp_path / "1").write_bytes((tmp_path / "1.png").read_bytes())
     assert resolve_source("1") == [SourceItem("1", "image")]  # an existing file named "1" wins
 
@@ -90,7 +76,7 @@ def test_iter_images_reads_or_reports(folder):
     got = list(iter_images(items))
     assert [(i.path.rsplit("/", 1)[-1], img is None, err is None) for i, img, err in got] == [
         ("a.jpg", False, True), ("b.png", False, True), ("c_corrupt.jpg", True, False)]
-    np.testing.assert_array_equal(got[1][1], _image(1, 120, 160))  # PNG: lossless, RGB kept
+    np.testing.assert_array_equal(got[1][1], random_rgb(1, 120, 160))  # PNG: lossless, RGB kept
     assert "c_corrupt.jpg" in got[2][2]
 
 
@@ -160,7 +146,7 @@ def test_save_voc_prediction_round_trip(tmp_path):
 
 
 def test_save_image_round_trip_and_error(tmp_path):
-    rgb = _image(3, 10, 12)
+    rgb = random_rgb(3, 10, 12)
     path = save_image(tmp_path / "new" / "x.png", rgb)
     np.testing.assert_array_equal(read_image(path), rgb)  # RGB in, RGB back
     (tmp_path / "taken.png").mkdir()
