@@ -13,130 +13,17 @@ go to --save-dir.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from utils.console import add_tf_logs_argument
+from utils.training.config import DEMO_DEFAULTS, build_train_parser, parse_train_args  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file with any of these options (the command line overrides it)")
-
-    d = p.add_argument_group("data")
-    d.add_argument("--demo", action="store_true",
-                   help="build the synthetic demo dataset under VOCdevkit/demo if missing and train a small model on it")
-    d.add_argument("--demo-images", type=int, default=300, help="images in the demo dataset (default 300)")
-    d.add_argument("--root", nargs="+", help="VOC root(s) with Annotations/, JPEGImages/, ImageSets/Main/; several combine")
-    d.add_argument("--images", help="flat layout: folder of images (with --annotations)")
-    d.add_argument("--annotations", help="flat layout: folder of VOC XML files matched to --images by file stem")
-    d.add_argument("--train-split", default="train", help="split name for training (default train)")
-    d.add_argument("--val-split", default="val", help="split name for validation mAP (default val)")
-    d.add_argument("--split-ratios", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
-                   help="ratios used when a split file is missing or for flat folders (default 0.8 0.1 0.1)")
-    d.add_argument("--classes", help="class-list file, one name per line (default model_data/voc_classes.txt)")
-    d.add_argument("--anchors", default="model_data/yolo_anchors.txt", help="anchors file (9 w,h pairs)")
-    d.add_argument("--input-size", type=int, nargs="+", default=[416], help="input side, or H W; multiples of 32")
-    d.add_argument("--workers", type=int, default=2, help="parallel data-loading calls (default 2)")
-    d.add_argument("--seed", type=int, default=0, help="seed for splits, shuffling, augmentation and init")
-
-    m = p.add_argument_group("model")
-    m.add_argument("--backbone", default="mobilenetv2", help="backbone name (python -m nets.summary lists them)")
-    m.add_argument("--alpha", type=float, default=1.0, help="backbone width multiplier (family-specific values)")
-    m.add_argument("--backbone-weights", default="none",
-                   help="imagenet (keras.applications families, needs network) | none | PATH to a backbone .weights.h5")
-    m.add_argument("--neck-shortcut", action=argparse.BooleanOptionalAction, default=True,
-                   help="residual five-conv blocks in the neck (default on; --no-neck-shortcut = the plain "
-                        "reference neck, which barely trains from scratch: see nets/yolo.py)")
-    m.add_argument("--taps", choices=["expanded", "projected"], default=None,
-                   help="mobilenetv2 only: tap the expanded (192/576/1280 ch, default) or the projected block "
-                        "outputs (32/96/320 ch: 1.05 M parameters and 0.58 GFLOPs fewer at 416)")
-    m.add_argument("--weights", help="initialise from a full checkpoint (.keras or .weights.h5); layers whose shape "
-                                     "differs (e.g. heads for another class count) are skipped and listed")
-
-    s = p.add_argument_group("schedule")
-    s.add_argument("--epochs", type=int, default=100, help="total epochs (frozen + unfrozen)")
-    s.add_argument("--freeze-epochs", type=int, default=None,
-                   help="epochs with the backbone frozen (default: half the epochs with pretrained backbone weights, "
-                        "0 from scratch)")
-    s.add_argument("--freeze-batch-size", type=int, default=16, help="batch size of the frozen phase")
-    s.add_argument("--batch-size", type=int, default=8, help="batch size of the unfrozen phase (global, over replicas)")
-    s.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw", help="optimizer (default adamw)")
-    s.add_argument("--lr", type=float, default=None,
-                   help="learning rate at --nominal-batch, scaled to each phase's batch size: linearly for "
-                        "sgd, by the square root for adam/adamw (default 1e-2 for sgd, 2e-2 for adam/adamw)")
-    s.add_argument("--nominal-batch", type=int, default=64, help="batch size at which --lr applies (default 64)")
-    s.add_argument("--min-lr-ratio", type=float, default=0.01, help="final learning rate as a fraction of the start")
-    s.add_argument("--lr-schedule", choices=["cos", "step"], default="cos", help="decay after warm-up")
-    s.add_argument("--step-epochs", type=int, nargs="*", help="epochs at which step decay multiplies the lr by 0.1")
-    s.add_argument("--warmup-epochs", type=float, default=2.0, help="linear warm-up epochs")
-    s.add_argument("--momentum", type=float, default=0.937, help="SGD momentum / Adam beta_1")
-    s.add_argument("--weight-decay", type=float, default=5e-4,
-                   help="decoupled weight decay on kernels (sgd, adamw); 0 turns it off")
-    s.add_argument("--clipnorm", type=float, default=10.0, help="gradient norm clipping per variable (0 = off)")
-    s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep an exponential moving average of the weights (Keras optimizer EMA); "
-                        "evaluation and checkpoints use it")
-    s.add_argument("--ema-momentum", type=float, default=0.99,
-                   help="EMA momentum, reached after a warm-up: min(m, (1 + t) / (10 + t)) at step t")
-    s.add_argument("--label-smoothing", type=float, default=0.0, help="class label smoothing eps")
-    s.add_argument("--focal-gamma", type=float, default=0.0, help="focal loss gamma on objectness (0 = BCE)")
-    s.add_argument("--obj-target", choices=["iou", "one"], default="iou",
-                   help="objectness target of positives: iou (IoU-aware, YOLOv5) or one (YOLOv3/v4)")
-    s.add_argument("--ignore-thresh", type=float, default=0.5, help="negatives above this IoU with a box are ignored")
-    s.add_argument("--neighbor-cells", action=argparse.BooleanOptionalAction, default=True,
-                   help="also assign each box to the 2 neighbour cells nearest its centre (YOLOv5; default on; "
-                        "--no-neighbor-cells = YOLOv4's centre cell only)")
-    s.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="training augmentation (jitter, flip, HSV); --no-augment gives letterbox only")
-    s.add_argument("--mosaic", action=argparse.BooleanOptionalAction, default=True, help="mosaic augmentation")
-    s.add_argument("--mosaic-prob", type=float, default=0.5, help="probability of a mosaic sample")
-    s.add_argument("--mixup", action=argparse.BooleanOptionalAction, default=True, help="mixup after mosaic")
-    s.add_argument("--mixup-prob", type=float, default=0.5, help="probability of mixup on a mosaic sample")
-    s.add_argument("--mosaic-fraction", type=float, default=0.7,
-                   help="mosaic and mixup stay on for this fraction of the epochs (default 0.7)")
-    s.add_argument("--steps-per-epoch", type=int, default=None, help="cap steps per epoch (quick tries)")
-    s.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False, help="XLA-compile the train step")
-
-    e = p.add_argument_group("evaluation, checkpoints and logs")
-    e.add_argument("--eval-every", type=int, default=5, help="validation mAP@0.5 every N epochs (and at the end)")
-    e.add_argument("--eval-batch-size", type=int, default=8, help="batch size for validation")
-    e.add_argument("--save-dir", default=os.path.join("runs", "train", "exp"), help="checkpoints and logs")
-    e.add_argument("--exist-ok", action="store_true", help="overwrite a finished or stopped run in --save-dir")
-    e.add_argument("--resume", action="store_true", help="continue the run in --save-dir from its last finished epoch")
-    e.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True, help="TensorBoard logs")
-    e.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress: 0 silent, 1 bar, 2 line")
-    add_tf_logs_argument(e)
-    e.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
-                   help="tf.distribute strategy; the global batch is split over replicas")
-    return p
-
-
-DEMO_DEFAULTS = {"input_size": [256], "backbone": "mobilenetv2", "alpha": 0.5, "epochs": 15, "batch_size": 8,
-                 "eval_every": 5, "warmup_epochs": 1.0, "save_dir": os.path.join("runs", "train", "demo")}
+    return build_train_parser(__doc__)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from utils.training.config import parse_with_config
-
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--demo" in argv:  # small, quick settings unless the user sets them
-        parser.set_defaults(**DEMO_DEFAULTS)
-    args = parse_with_config(parser, argv)
-    if args.resume and os.path.isfile(os.path.join(args.save_dir, "config.yaml")):
-        # resume with the configuration the run was started with; the command line still wins
-        argv = ["--config", os.path.join(args.save_dir, "config.yaml")] + [a for a in argv if a != "--config"]
-        args = parse_with_config(build_parser(), argv)
-        args.resume = True
-    if args.taps and args.backbone.lower() != "mobilenetv2":
-        raise ValueError(f"--taps is a mobilenetv2 option; backbone {args.backbone!r} has one set of taps")
-    if args.lr is None:
-        args.lr = 1e-2 if args.optimizer == "sgd" else 2e-2
-    if args.freeze_epochs is None:
-        pretrained = args.backbone_weights not in (None, "none") or bool(args.weights)
-        args.freeze_epochs = args.epochs // 2 if pretrained else 0
-    return args
+    return parse_train_args(argv, __doc__)
 
 
 def main(argv=None) -> int:

@@ -121,20 +121,26 @@ def _e2e_unsupported(fmt: str, nms: str) -> str:
 # ----------------------------------------------------------------------------- calibration
 
 def calibration_dataset(root, split, count: int, input_hw, class_names, seed: int = 0):
-    """Letterboxed calibration images: a utils.data.dataset.ValDataset (batch 1) over ``count`` records.
-
-    The records are a seeded random choice from one split of a VOC root (utils.data.voc.load_voc);
-    the images go through the project's validation pre-processing (letterbox, grey 128).
-    """
-    from utils.data.dataset import ValDataset
+    """Letterboxed calibration images from one split of a VOC root (utils.data.voc.load_voc):
+    :func:`calibration_from_records` over its records."""
     from utils.data.voc import load_voc
 
     if not os.path.isdir(root):
         raise ExportError(f"calibration root not found: {root}")
     records = load_voc(root, split, class_names, check_images=False, log=lambda *a, **k: None)
+    return calibration_from_records(records, count, input_hw, seed)
+
+
+def calibration_from_records(records, count: int, input_hw, seed: int = 0):
+    """A utils.data.dataset.ValDataset (batch 1) over a seeded choice of ``count`` records: the
+    images go through the project's validation pre-processing (letterbox, grey 128)."""
+    from utils.data.dataset import ValDataset
+
     count = int(count)
     if count < 1:
         raise ExportError(f"--calib-images must be >= 1, got {count}")
+    if not records:
+        raise ExportError("no images to calibrate int8 with")
     order = np.random.default_rng(seed).permutation(len(records))[:count]
     return ValDataset([records[i] for i in sorted(order)], input_hw=input_hw, batch_size=1)
 
@@ -425,6 +431,7 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
     from nets.postprocess import end_to_end_model
     from utils.decode import DEFAULT_PRE_NMS_TOPK, NMS_KINDS
 
+    log = log or (lambda *a: None)
     formats = list(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -539,7 +546,7 @@ def _describe(path, fmt, variant, seconds, base, extra, source, reference, image
 
 def export_detector(weights, out_dir, formats=DEFAULT_FORMATS, end_to_end=False, calib_root=None,
                     calib_split="train", calib_images: int = 200, calib_seed: int = 0, stem=None,
-                    int8_heads: str = "float", log=print, **postprocess) -> list[ExportResult]:
+                    int8_heads: str = "float", calibration=None, log=print, **postprocess) -> list[ExportResult]:
     """Open a ``.keras`` detector (``utils.inference.runtime.open_model``) and :func:`export_model` it.
 
     Args:
@@ -547,6 +554,8 @@ def export_detector(weights, out_dir, formats=DEFAULT_FORMATS, end_to_end=False,
         out_dir, formats, end_to_end, stem, int8_heads, log: as in :func:`export_model`.
         calib_root, calib_split, calib_images, calib_seed: the VOC root, split and number
             of images (a seeded choice) that calibrate int8 and serve the parity check.
+        calibration: letterboxed calibration images already made (e.g.
+            :func:`calibration_from_records` over a training split), instead of calib_root.
         **postprocess: nms, score_thresh, iou_thresh, max_det, pre_nms_topk of the
             end-to-end variant.
 
@@ -560,15 +569,16 @@ def export_detector(weights, out_dir, formats=DEFAULT_FORMATS, end_to_end=False,
     model, meta = runtime.model, runtime.meta
     if isinstance(model.output, dict):
         raise ExportError(f"{weights} is an end-to-end model; export the yolo body (train.py's best.keras)")
-    calibration = None
-    if calib_root:
+    log = log or (lambda *a: None)
+    if calib_root and calibration is None:
         hw = tuple(int(v) for v in meta["input_shape"][:2])
         calibration = calibration_dataset(calib_root, calib_split, calib_images, hw, meta["class_names"], calib_seed)
         log(f"calibration: {len(calibration)} letterboxed images from {calib_root} [{calib_split}]")
     digest, _ = file_digest(weights)
     source = {"weights": weights, "sha256": digest,
               "calibration": ({"root": os.fspath(calib_root), "split": calib_split, "images": len(calibration),
-                               "seed": calib_seed} if calibration is not None else None)}
+                               "seed": calib_seed} if calib_root and calibration is not None else
+                              {"images": len(calibration)} if calibration is not None else None)}
     stem = stem or os.path.splitext(os.path.basename(weights))[0]
     return export_model(model, meta, out_dir, formats, stem=stem, end_to_end=end_to_end, calibration=calibration,
                         source=source, int8_heads=int8_heads, log=log, **postprocess)

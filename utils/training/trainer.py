@@ -33,7 +33,7 @@ def _log(msg):
 
 def resolve_data(args):
     """(train_records, val_records, class_names) from the parsed options."""
-    from utils.data.voc import load_flat, load_voc, read_class_names
+    from utils.data.voc import read_class_names
 
     if args.demo:
         from utils.data.demo_data import make_demo_dataset
@@ -54,17 +54,23 @@ def resolve_data(args):
     if args.classes is None:
         args.classes = os.path.join("model_data", "voc_classes.txt")
     class_names = read_class_names(args.classes)
+    if args.images and not args.annotations:
+        raise TrainError("--images needs --annotations (the folder of VOC XML files)")
+    train = load_split(args, args.train_split, class_names)
+    val = load_split(args, args.val_split, class_names, log=None)
+    return train, val, class_names
+
+
+def load_split(args, split, class_names, log=print):
+    """Records of one split of the dataset train.py's options name (after :func:`resolve_data`);
+    a split missing from the files is made on the spot from --split-ratios and --seed, as for
+    training, so the test split of a run is the one its training never saw."""
+    from utils.data.voc import load_flat, load_voc
+
     ratios = tuple(args.split_ratios)
     if args.images:
-        if not args.annotations:
-            raise TrainError("--images needs --annotations (the folder of VOC XML files)")
-        train = load_flat(args.images, args.annotations, args.train_split, class_names, ratios=ratios, seed=args.seed)
-        val = load_flat(args.images, args.annotations, args.val_split, class_names, ratios=ratios, seed=args.seed,
-                        log=None)
-    else:
-        train = load_voc(args.root, args.train_split, class_names, ratio=ratios, seed=args.seed)
-        val = load_voc(args.root, args.val_split, class_names, ratio=ratios, seed=args.seed, log=None)
-    return train, val, class_names
+        return load_flat(args.images, args.annotations, split, class_names, ratios=ratios, seed=args.seed, log=log)
+    return load_voc(args.root, split, class_names, ratio=ratios, seed=args.seed, log=log)
 
 
 # ----------------------------------------------------------------------------- model
