@@ -98,7 +98,10 @@ def _categories(data: dict, path, report: LoadReport | None) -> dict[int, str]:
 def coco_class_names(json_path) -> list[str]:
     """Category names of an instances file, sorted by category id (duplicate names once)."""
     path = pathlib.Path(json_path)
-    cats = _categories(_read_json(path), path, None)
+    return _sorted_names(_categories(_read_json(path), path, None), path)
+
+
+def _sorted_names(cats: dict[int, str], path) -> list[str]:
     if not cats:
         raise DatasetError(f"{path}: no usable categories")
     return list(dict.fromkeys(cats[k] for k in sorted(cats)))
@@ -106,6 +109,11 @@ def coco_class_names(json_path) -> list[str]:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_id(v) -> bool:
+    """An image id: an int as COCO writes it, or a string as some exporters do."""
+    return _is_int(v) or (isinstance(v, str) and bool(v))
 
 
 def _is_number(v) -> bool:
@@ -147,23 +155,27 @@ def load_coco(json_path, images_dir, split: str | None, class_names, *, ratios=(
     """
     json_path = pathlib.Path(json_path)
     data = _read_json(json_path)
-    names = coco_class_names(json_path) if class_names is None else _class_list(class_names)
-    class_index = {n: i for i, n in enumerate(names)}
     report = LoadReport(f"{json_path} [{split or 'all'}]")
     cats = _categories(data, json_path, report)
-    base = pathlib.Path(images_dir) if images_dir is not None else _resolve_images_dir(json_path, data["images"], report)
-    if images_dir is not None and not base.is_dir():
-        raise DatasetError(f"images folder not found: {base} (for {json_path})")
+    names = _sorted_names(cats, json_path) if class_names is None else _class_list(class_names)
+    class_index = {n: i for i, n in enumerate(names)}
+    if images_dir is None:
+        base = _resolve_images_dir(json_path, data["images"], report)
+    else:
+        base = pathlib.Path(images_dir)
+        if not base.is_dir():
+            raise DatasetError(f"images folder not found: {base} (for {json_path})")
 
     # images: id -> entry, in file order; bad and duplicate entries reported once
-    images: dict[int, dict] = {}
+    images: dict = {}
     seen_files: dict[str, int] = {}
+    skipped_ids = set()
     for i, im in enumerate(data["images"]):
         iid = im.get("id") if isinstance(im, dict) else None
         fname = im.get("file_name") if isinstance(im, dict) else None
-        if not _is_int(iid) or not isinstance(fname, str) or not fname:
+        if not _is_id(iid) or not isinstance(fname, str) or not fname:
             report.images_skipped["malformed entry"] += 1
-            report.add("malformed entry", f"{json_path}: images[{i}] has no integer 'id' and 'file_name'; skipped")
+            report.add("malformed entry", f"{json_path}: images[{i}] has no 'id' and 'file_name'; skipped")
         elif iid in images:
             report.images_skipped["duplicate entry"] += 1
             report.add("duplicate entry", f"{json_path}: image id {iid} is listed twice ({images[iid]['file_name']} "
@@ -173,20 +185,21 @@ def load_coco(json_path, images_dir, split: str | None, class_names, *, ratios=(
             report.add("duplicate entry", f"{json_path}: file_name {fname} is listed twice (image ids "
                                           f"{seen_files[fname]} and {iid}); the second entry and its "
                                           "annotations are skipped")
+            skipped_ids.add(iid)
         else:
             images[iid] = im
             seen_files[fname] = iid
 
     # annotations grouped by image id; orphans and malformed entries folded / reported
-    by_image: dict[int, list] = collections.defaultdict(list)
+    by_image: dict = collections.defaultdict(list)
     orphans = []
     for i, a in enumerate(data["annotations"]):
-        if not isinstance(a, dict) or not _is_int(a.get("image_id")):
+        if not isinstance(a, dict) or not _is_id(a.get("image_id")):
             report.boxes_dropped["malformed annotation"] += 1
-            report.add("malformed annotation", f"{json_path}: annotations[{i}] has no integer 'image_id'; dropped")
+            report.add("malformed annotation", f"{json_path}: annotations[{i}] has no 'image_id'; dropped")
         elif a["image_id"] in images:
             by_image[a["image_id"]].append(a)
-        else:  # an image id that is not in 'images'
+        elif a["image_id"] not in skipped_ids:  # an image id that is not in 'images'
             orphans.append(a)
     if orphans:
         report.boxes_dropped["unknown image id"] += len(orphans)

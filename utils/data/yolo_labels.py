@@ -211,7 +211,7 @@ def _split_sources(data: dict, yaml_path: pathlib.Path) -> tuple[pathlib.Path, d
     root = yaml_path.parent
     if data.get("path"):
         p = pathlib.Path(str(data["path"]))
-        root = p if p.is_absolute() else yaml_path.parent / p
+        root = p if p.is_absolute() else pathlib.Path(os.path.normpath(yaml_path.parent / p))
     sources = {}
     for s in SPLIT_ORDER:
         entry = data.get(s)
