@@ -1,0 +1,190 @@
+"""Start a multi-worker training: one process per worker, each with its own TF_CONFIG.
+
+    python -m utils.launch --workers 2 -- train.py --strategy multiworker --demo --epochs 5
+    python -m utils.launch --workers 127.0.0.1:23456,127.0.0.1:23457 -- train.py --strategy multiworker ...
+    python -m utils.launch --workers 10.0.0.1:23456,10.0.0.2:23456 --ssh -- train.py --strategy multiworker ...
+
+``--workers N`` starts N processes on this host on free loopback ports; ``--workers
+host:port,...`` uses those addresses, starting the local ones (127.0.0.1, localhost, this
+host's name) as child processes and, with ``--ssh``, the others through ``ssh HOST 'cd DIR &&
+TF_CONFIG=... python ...'`` (the same folder and the same Python on every host). Each worker's
+output is streamed with a ``[worker i]`` prefix. When one worker fails (a non-zero exit, a
+kill), the others are stopped (SIGTERM, then SIGKILL after ``--grace`` seconds) and the
+launcher exits with the failed worker's code, saying which one failed. Ctrl-C stops them all.
+Run the same command again with ``--resume`` in the training options to continue a stopped run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (bound once, then released)."""
+    socks, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def parse_workers(text: str) -> list[str]:
+    """``"2"`` -> two free loopback addresses; ``"h1:p1,h2:p2"`` -> those addresses (checked)."""
+    from utils.training.distributed import read_tf_config
+
+    text = str(text).strip()
+    if text.isdigit():
+        n = int(text)
+        if n < 1:
+            raise ValueError("--workers must be at least 1")
+        return [f"127.0.0.1:{p}" for p in free_ports(n)]
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    read_tf_config(tf_config(addresses, 0))  # the same checks the workers make
+    return addresses
+
+
+def tf_config(addresses, index: int) -> str:
+    """TF_CONFIG of worker ``index`` (worker 0 is the chief, TensorFlow's convention)."""
+    return json.dumps({"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": int(index)}})
+
+
+def is_local(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host in LOCAL_HOSTS or host in (socket.gethostname(), socket.getfqdn())
+
+
+def worker_commands(addresses, command, ssh: bool = False, cwd: str | None = None, python: str | None = None):
+    """(argv, env) per worker: local ones run ``python command...`` with TF_CONFIG in the
+    environment; remote ones (``ssh=True``) run it through ``ssh HOST`` in ``cwd``."""
+    python = python or sys.executable
+    cwd = cwd or os.getcwd()
+    out = []
+    for i, address in enumerate(addresses):
+        config = tf_config(addresses, i)
+        if is_local(address):
+            out.append(([python, *command], {**os.environ, "TF_CONFIG": config}))
+        elif ssh:
+            host = address.rpartition(":")[0]
+            remote = (f"cd {shlex.quote(cwd)} && TF_CONFIG={shlex.quote(config)} "
+                      + " ".join(shlex.quote(a) for a in [python, *command]))
+            out.append((["ssh", host, remote], dict(os.environ)))
+        else:
+            raise ValueError(f"worker {i} ({address}) is not on this host: pass --ssh to start it through ssh, "
+                             "or start it there yourself with TF_CONFIG (README: Training on several machines)")
+    return out
+
+
+class Launcher:
+    """Runs the worker processes, streams their output, stops them all when one fails."""
+
+    def __init__(self, commands, grace: float = 10.0, out=None):
+        self.commands = commands
+        self.grace = float(grace)
+        self.out = out or sys.stdout
+        self.procs: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+
+    def _pump(self, i, stream):
+        for line in iter(stream.readline, ""):
+            with self._lock:
+                self.out.write(f"[worker {i}] {line.rstrip()}\n")
+                self.out.flush()
+        stream.close()
+
+    def stop(self, keep=None):
+        """SIGTERM every running worker (process group), SIGKILL those still alive after grace."""
+        alive = [p for p in self.procs if p.poll() is None and p is not keep]
+        for p in alive:
+            _signal_group(p, signal.SIGTERM)
+        end = time.monotonic() + self.grace
+        for p in alive:
+            try:
+                p.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(p, signal.SIGKILL)
+                p.wait()
+
+    def run(self) -> int:
+        threads = []
+        try:
+            for i, (argv, env) in enumerate(self.commands):
+                p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     bufsize=1, start_new_session=True)
+                self.procs.append(p)
+                t = threading.Thread(target=self._pump, args=(i, p.stdout), daemon=True)
+                t.start()
+                threads.append(t)
+            while True:
+                codes = [p.poll() for p in self.procs]
+                failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+                if failed:
+                    i, code = failed[0]
+                    why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                    self._say(f"worker {i} failed ({why}); stopping the other workers")
+                    self.stop()
+                    return code if code > 0 else 128 - code
+                if all(c == 0 for c in codes):
+                    return 0
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            self._say("interrupted; stopping every worker")
+            self.stop()
+            return 130
+        finally:
+            for t in threads:
+                t.join(timeout=5)
+
+    def _say(self, text):
+        with self._lock:
+            self.out.write(f"[launch] {text}\n")
+            self.out.flush()
+
+
+def _signal_group(p, sig):
+    try:
+        os.killpg(p.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m utils.launch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", required=True,
+                   help="N (N processes on this host, free loopback ports) or host:port,host:port,...")
+    p.add_argument("--ssh", action="store_true", help="start the workers that are not on this host through ssh")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds a stopped worker gets to exit before it is killed (default 10)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the script and its options (train.py ...)")
+    args = p.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        p.error("give the command after --, e.g. -- train.py --strategy multiworker --demo")
+    try:
+        addresses = parse_workers(args.workers)
+        commands = worker_commands(addresses, command, ssh=args.ssh)
+    except ValueError as exc:
+        print(f"launch: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[launch] {len(addresses)} workers: {', '.join(addresses)} (worker 0 is the chief)", flush=True)
+    return Launcher(commands, grace=args.grace).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
