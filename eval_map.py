@@ -2,9 +2,12 @@
 
     python eval_map.py --weights runs/train/exp/best.keras --root VOCdevkit/VOC2007 --split test
     python eval_map.py --weights best.keras --images data/images --annotations data/xml --split all
+    python eval_map.py --weights best.keras --data coco/annotations/instances.json --images coco/images
+    python eval_map.py --weights runs/train/exp/best.keras    # the training run's own test split
 
-Prints a per-class table and writes results.json, pr_curves.png, ap_per_class.png and
-confusion_matrix.png to --save-dir. The work is done by utils.evaluate.
+Prints a per-class table, P/R/F1 at --prf-conf and at the F1-best score (printed), and
+writes results.json, pr_curves.png, ap_per_class.png and confusion_matrix.png to
+--save-dir. The work is done by utils.evaluate.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import os
 import sys
 
 from utils.console import add_tf_logs_argument
+from utils.data.formats import add_data_arguments, data_options_problem
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,17 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="VOC / COCO mAP of a detector. mAP is computed, as is standard, from every detection "
                     "down to a very low score (--conf 0.001) with many detections per image "
                     "(--max-det 300): do not raise --conf to compare mAP with published numbers. "
-                    "Precision, recall, F1 and the confusion matrix are taken at --prf-conf.")
+                    "Precision, recall, F1 and the confusion matrix are taken at --prf-conf; P/R/F1 of all "
+                    "classes pooled are also printed at the F1-best score (the score where that F1 is highest).")
     p.add_argument("--weights", required=True, help="detector .keras file written by train.py")
-    data = p.add_argument_group("data (either --root, or --images with --annotations)")
-    data.add_argument("--root", nargs="+", help="VOC root(s) with Annotations/, JPEGImages/, ImageSets/Main/")
+    data = p.add_argument_group("data (--data, --root, or --images with --annotations; default: the training "
+                                "run's own dataset and split, recorded in the model)")
+    add_data_arguments(data, split_ratios=None, classes_help="the class names stored in the model")
     data.add_argument("--split", default="test",
-                      help="split to evaluate (default test; 'all' for every image). For --images/--annotations "
-                           "the split is made from the file names with the ratios train.py uses (0.8/0.1/0.1)")
-    data.add_argument("--images", help="flat folder of images (with --annotations)")
-    data.add_argument("--annotations", help="flat folder of VOC XML files matched to --images by file name")
-    data.add_argument("--classes", help="class list file for the annotations, in the model's class order "
-                                        "(default: the class names stored in the model)")
+                      help="split to evaluate (default test; 'all' for every image). A split the dataset's files "
+                           "do not name is made on the spot with the training run's ratios and seed (recorded "
+                           "in the model; else 0.8/0.1/0.1 and 0)")
+    data.add_argument("--seed", type=int, default=None,
+                      help="seed of a split made on the spot (default: the training run's, from the model)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--conf", type=float, default=0.001,
                    help="score threshold of the detections used for mAP (default 0.001: low, as is standard)")
@@ -48,21 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_records(args, class_names):
-    from utils.data.voc import load_flat, load_voc
-    split = None if args.split == "all" else args.split
-    if args.root:
-        return load_voc(args.root, split, class_names)
-    return load_flat(args.images, args.annotations, split, class_names)
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if bool(args.root) == bool(args.images or args.annotations):
-        parser.error("give either --root, or --images with --annotations")
-    if not args.root and not (args.images and args.annotations):
-        parser.error("--images and --annotations go together")
+    if data_options_problem(args):
+        parser.error(data_options_problem(args))
     for name in ("batch_size", "max_det", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -71,6 +66,7 @@ def main(argv=None) -> int:
 
     from utils.evaluate import evaluate_records, format_table, write_report
     from utils.inference.detector import Detector
+    from utils.data.formats import model_split_records
     from utils.data.voc import read_class_names
 
     try:
@@ -81,7 +77,7 @@ def main(argv=None) -> int:
             if len(class_names) != detector.num_classes:
                 raise ValueError(f"{args.classes} lists {len(class_names)} classes but {args.weights} "
                                  f"predicts {detector.num_classes} ({', '.join(detector.class_names)})")
-        records = load_records(args, class_names)
+        records = model_split_records(args, args.split, class_names, detector.meta.get("data"))
         results = evaluate_records(detector, records, batch_size=args.batch_size, score_thresh=args.conf,
                                    iou_thresh=args.iou_nms, max_det=args.max_det, nms=args.nms, use_07=args.voc07,
                                    coco=not args.no_coco, match_iou=args.match_iou, prf_score_thresh=args.prf_conf,

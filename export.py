@@ -4,6 +4,7 @@
     python export.py --weights runs/train/exp/best.keras \\
         --formats saved_model tflite-fp32 tflite-fp16 tflite-int8 onnx --end-to-end \\
         --calib-root ../shared/data/BCCD --calib-split train --calib-images 200 --out-dir runs/export/exp
+    python export.py --weights best.keras --formats tflite-int8 --calib-data my_yolo/data.yaml
 
 Writes each artifact and its metadata JSON (<artifact>.json) to --out-dir, then prints a
 table with sizes, conversion times and the parity measured against the Keras model.
@@ -17,6 +18,7 @@ import os
 import sys
 
 from utils.console import add_tf_logs_argument
+from utils.data.formats import add_data_arguments
 
 
 FORMATS = ("saved_model", "tflite-fp32", "tflite-fp16", "tflite-int8", "onnx")  # utils.inference.export.FORMATS
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="detector .keras file written by train.py")
     p.add_argument("--formats", nargs="+", choices=FORMATS, default=["saved_model", "tflite-fp32", "tflite-fp16", "onnx"],
                    help="what to write (default: saved_model tflite-fp32 tflite-fp16 onnx; tflite-int8 needs "
-                        "--calib-root)")
+                        "--calib-data)")
     p.add_argument("--out-dir", help="output folder (default runs/export/<weights name>)")
     p.add_argument("--name", help="file name stem (default: the weights file's, e.g. best -> best_fp16.tflite)")
     p.add_argument("--end-to-end", action="store_true",
@@ -39,14 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="end-to-end score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="end-to-end NMS IoU threshold (default 0.45)")
     p.add_argument("--max-det", type=int, default=100, help="end-to-end detections per image (default 100)")
-    p.add_argument("--calib-root", help="VOC root whose images calibrate int8 (and check parity)")
-    p.add_argument("--calib-split", default="train", help="split of --calib-root (default train)")
-    p.add_argument("--calib-images", type=int, default=200, help="calibration images, a seeded choice (default 200)")
-    p.add_argument("--calib-seed", type=int, default=0, help="seed of that choice (default 0)")
+    c = p.add_argument_group("int8 calibration data (any format: the data options of train.py with calib- in "
+                             "front; --calib-root is --calib-data)")
+    add_data_arguments(c, prefix="calib-", aliases=("--calib-root",), images_flag="--calib-image-dir",
+                       voc_options=False, classes=False)
+    c.add_argument("--calib-split", default="train", help="split of --calib-data (default train)")
+    c.add_argument("--calib-images", type=int, default=200, help="calibration images, a seeded choice (default 200)")
+    c.add_argument("--calib-seed", type=int, default=0, help="seed of that choice (default 0)")
     p.add_argument("--int8-heads", choices=("float", "int8"), default="float",
                    help="tflite-int8: keep the three output convolutions in float32 (default; float input and "
                         "outputs; 1.4-1.7 points of mAP@0.5 better on BCCD) or quantize them too (int8: a "
                         "full-integer model with uint8 input, for integer-only accelerators)")
+    a = p.add_argument_group("accuracy check (every export's mAP@0.5 beside the Keras model's)")
+    a.add_argument("--val-data", help="VOC root of the validation images (default: the split of the training run "
+                                      "whose config.yaml is beside --weights)")
+    a.add_argument("--val-split", default="val", help="split to evaluate on (default val)")
+    a.add_argument("--max-map-drop", type=float, default=1.0,
+                   help="flag an export whose mAP@0.5 is more than this many points under the Keras model's "
+                        "(default 1.0)")
+    a.add_argument("--strict", action="store_true", help="fail (exit code 3) when an export is flagged")
+    a.add_argument("--no-map-check", action="store_true", help="skip the accuracy check")
     add_tf_logs_argument(p)
     return p
 
@@ -60,8 +74,9 @@ def main(argv=None) -> int:
         parser.error(f"--iou must be in (0, 1], got {args.iou:g}")
     if args.max_det < 1 or args.calib_images < 1:
         parser.error("--max-det and --calib-images must be >= 1")
-    if "tflite-int8" in args.formats and not args.calib_root:
-        parser.error("tflite-int8 needs --calib-root (a VOC root of images like the ones the model will see)")
+    if "tflite-int8" in args.formats and not args.calib_data:
+        parser.error("tflite-int8 needs --calib-root / --calib-data (a dataset of images like the ones the model "
+                     "will see: VOC, COCO or YOLO)")
     from utils.console import start
     start(args.tf_logs)
 
@@ -70,7 +85,8 @@ def main(argv=None) -> int:
     out_dir = args.out_dir or os.path.join("runs", "export", os.path.splitext(os.path.basename(args.weights))[0])
     try:
         results = export_detector(args.weights, out_dir, args.formats, end_to_end=args.end_to_end,
-                                  calib_root=args.calib_root, calib_split=args.calib_split,
+                                  calib_root=args.calib_data, calib_split=args.calib_split,
+                                  calib_format=args.calib_format, calib_image_dir=args.calib_image_dir,
                                   calib_images=args.calib_images, calib_seed=args.calib_seed, stem=args.name,
                                   int8_heads=args.int8_heads,
                                   nms=args.nms, score_thresh=args.conf, iou_thresh=args.iou, max_det=args.max_det)
@@ -82,6 +98,32 @@ def main(argv=None) -> int:
         if r.note:
             print(f"note: {r.format} {r.variant}: {r.note}")
     print(f"exports and their metadata (<file>.json) written to {out_dir}")
+    if args.no_map_check:
+        return 0
+    from utils.inference.export import check_accuracy, format_accuracy
+    from utils.training.trainer import run_records
+    try:
+        if args.val_data:
+            from utils.checkpoint import read_meta
+            from utils.data.voc import load_voc
+            records = load_voc(args.val_data, args.val_split, read_meta(args.weights)["class_names"], log=None)
+        else:
+            records = run_records(args.weights, args.val_split)
+        if records is None:
+            print("note: no accuracy check: give --val-data (no config.yaml of a training run beside "
+                  f"{args.weights})")
+            return 0
+        checks = check_accuracy(args.weights, results, records, args.max_map_drop, log=None)
+    except (FileNotFoundError, ValueError, ExportError) as exc:
+        print(f"export.py: error: accuracy check: {exc}", file=sys.stderr)
+        return 2
+    print(f"\naccuracy on {len(records)} validation images ({args.val_data or 'the training run'} "
+          f"[{args.val_split}]):\n" + format_accuracy(checks, args.max_map_drop))
+    flagged = [c.name for c in checks if c.flagged]
+    if flagged and args.strict:
+        print(f"export.py: error: {', '.join(flagged)} lose more than {args.max_map_drop:g} points of mAP@0.5 "
+              "(--strict)", file=sys.stderr)
+        return 3
     return 0
 
 

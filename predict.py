@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="predict",
                    help="predict (default); fps: time pre-processing, model and post-processing on the first "
                         "image; heatmap: per-scale objectness over the image as PNG")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold, objectness x class (default 0.25)")
+    p.add_argument("--conf", type=float, default=None,
+                   help="score threshold, objectness x class (default: the F1-best score that train.py stored in "
+                        "the model, measured on the validation split; 0.25 for a model without one)")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     p.add_argument("--max-det", type=int, default=100, help="most detections per image (default 100)")
     p.add_argument("--nms", choices=("iou", "diou"), default="iou", help="NMS kind (default iou)")
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(parser, args):
-    if not 0.0 <= args.conf <= 1.0:
+    if args.conf is not None and not 0.0 <= args.conf <= 1.0:
         parser.error(f"--conf must be in [0, 1], got {args.conf:g}")
     if not 0.0 < args.iou <= 1.0:
         parser.error(f"--iou must be in (0, 1], got {args.iou:g}")
@@ -82,13 +84,16 @@ def main(argv=None) -> int:
 
     from utils.inference.detector import Detector
     from utils.inference.predict import (PredictOptions, first_image, format_latency_table, measure_latency,
-                                         parse_class_filter, run_heatmap, run_predict)
+                                         parse_class_filter, resolve_conf, run_heatmap, run_predict)
     from utils.inference.sources import increment_dir, resolve_source
 
     try:
         items = resolve_source(args.source)
         detector = Detector.from_file(args.weights, input_size=args.input_size)
-        options = PredictOptions(conf=args.conf, iou=args.iou, max_det=args.max_det, nms=args.nms,
+        conf, conf_line = resolve_conf(args.conf, detector.meta)
+        if args.conf is None and args.mode != "heatmap":
+            print(conf_line)  # where the threshold comes from: the model's F1-best score or the default
+        options = PredictOptions(conf=conf, iou=args.iou, max_det=args.max_det, nms=args.nms,
                                  classes=parse_class_filter(args.classes, detector.class_names) if args.classes else None,
                                  save_images=not args.no_save, save_json=not args.no_json, save_xml=args.save_xml,
                                  save_crops=args.crop, count=args.count, show=args.show)

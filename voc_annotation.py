@@ -4,15 +4,19 @@
         --ratios 0.8 0.1 0.1 --seed 0            # writes ImageSets/Main/{train,val,test,trainval}.txt
     python voc_annotation.py check --root VOCdevkit/VOC2007 --classes model_data/voc_classes.txt
     python voc_annotation.py check --images my/images --annotations my/xml --classes my_classes.txt
+    python voc_annotation.py check --data my_coco/annotations/instances.json --images my_coco/images
+    python voc_annotation.py check --data my_yolo/data.yaml
 
-A thin front end over utils.data.check (write_splits, check_dataset).
+A thin front end over utils.data.check (write_splits, check_data); the data options are
+utils.data.formats' (check reads VOC, COCO and YOLO; splitting writes VOC split files).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from utils.data.check import check_dataset, write_splits
+from utils.data.check import check_data, write_splits
+from utils.data.formats import add_data_arguments, spec_from_args
 from utils.data.voc import DatasetError
 
 
@@ -20,10 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", choices=["split", "check"], default="split",
                    help="split (default): write ImageSets/Main split files; check: report statistics and problems")
-    p.add_argument("--root", help="VOC root (Annotations/, JPEGImages/, ImageSets/Main/)")
-    p.add_argument("--images", help="check only: flat folder of images (with --annotations)")
-    p.add_argument("--annotations", help="check only: flat folder of VOC XML files matched to images by stem")
-    p.add_argument("--classes", required=True, help="class list, one name per line")
+    add_data_arguments(p)  # check: every format; split: a VOC root
     p.add_argument("--ratios", type=float, nargs="+", default=[0.8, 0.1, 0.1], metavar="R",
                    help="train val [test] ratios summing to 1 (default 0.8 0.1 0.1)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -37,15 +38,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":
-            if args.root is None and (args.images is None or args.annotations is None):
-                raise DatasetError("check needs --root, or both --images and --annotations")
-            result = check_dataset(args.classes, root=args.root, images_dir=args.images,
-                                   annotations_dir=args.annotations, check_images=not args.no_check_images)
+            result = check_data(spec_from_args(args), check_images=not args.no_check_images)
             print(result.format())
             return 0
-        if args.root is None:
-            raise DatasetError("splitting needs --root (a VOC root with Annotations/ and JPEGImages/)")
-        write_splits(args.root, args.classes, args.ratios, args.seed, overwrite=args.overwrite,
+        roots = args.root or ([args.data] if args.data and not args.images else [])
+        if len(roots) != 1 or args.classes is None:
+            raise DatasetError("splitting needs one VOC root (--root, with Annotations/ and JPEGImages/) and "
+                               "--classes")
+        write_splits(roots[0], args.classes, args.ratios, args.seed, overwrite=args.overwrite,
                      check_images=not args.no_check_images)
         return 0
     except (DatasetError, ValueError, FileNotFoundError) as e:

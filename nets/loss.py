@@ -256,9 +256,42 @@ class YoloTrainer(keras.Model):
             tracker.update_state(_unscale_for_distribution(terms[key]), sample_weight=batch)
         return total
 
+    # -- MultiWorkerMirroredStrategy: two Keras 3.15 (TF backend) steps fail under it as they are.
+    # 1. fit() reduces the first distributed batch with strategy.reduce("MEAN") only to learn its
+    #    shapes for a symbolic build, and that reduce raises "Attempt to convert a value
+    #    (PerReplica...)" with one replica per worker. train.py builds the model and the
+    #    optimizer before fit, so there is nothing to build: the step is skipped then.
+    # 2. The step's logs are reduced with strategy.reduce("MEAN", v, axis=0), which fails on
+    #    scalars ("Invalid reduction dimension 0"): the logs leave the step as 1-vectors, and
+    #    the mean over axis 0 gives the scalar back.
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        built = (all(layer.built for layer in self._flatten_layers())
+                 and (self._compile_metrics is None or self._compile_metrics.built)
+                 and (self._compile_loss is None or self._compile_loss.built))
+        if built and _multi_worker(self.distribute_strategy):
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        return _vector_logs(super().train_step(data), self.distribute_strategy)
+
+    def test_step(self, data):
+        return _vector_logs(super().test_step(data), self.distribute_strategy)
+
     def save(self, filepath, *args, **kwargs):
         """Save the detector (the body), not the wrapper: the file loads without this class."""
         return self.body.save(filepath, *args, **kwargs)
+
+
+def _multi_worker(strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _vector_logs(logs, strategy):
+    """Scalar logs as 1-vectors under MultiWorkerMirroredStrategy (see YoloTrainer)."""
+    if not _multi_worker(strategy):
+        return logs
+    return {k: tf.reshape(v, (1,)) if len(getattr(v, "shape", (0,))) == 0 else v for k, v in logs.items()}
 
 
 def init_head_biases(body: keras.Model, num_classes: int, input_hw=None, anchors=None,

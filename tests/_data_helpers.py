@@ -57,3 +57,28 @@ def make_source_folder(d):
     (d / "c_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (d / "notes.txt").write_text("ignored")
     return d
+
+
+def demo_copies(base, num_images=24, seed=0):
+    """The demo set (a VOC root with train/val/test split files) and its COCO and YOLO copies made
+    by utils.data.convert: {"voc", "coco", "yolo": paths, "classes": the class-list file}."""
+    from utils.data.convert import convert
+    from utils.data.demo_data import make_demo_dataset
+
+    base = pathlib.Path(base)
+    voc = make_demo_dataset(base / "voc", num_images=num_images, seed=seed)
+    classes = voc / "demo_classes.txt"
+    for fmt in ("coco", "yolo"):
+        convert(voc, base / fmt, fmt, class_names=classes, link=True, check_images=False, log=None)
+    return {"voc": voc, "coco": base / "coco", "yolo": base / "yolo", "classes": classes}
+
+
+def flat_set(base, n=20, classes=("cat", "dog")):
+    """A flat pair of folders (images/ + xml/) of ``n`` images with one box each: split on the spot."""
+    base = pathlib.Path(base)
+    for i in range(n):
+        write_jpg(base / "images" / f"im{i:02d}.jpg", 96, 64)
+        (base / "xml").mkdir(parents=True, exist_ok=True)
+        (base / "xml" / f"im{i:02d}.xml").write_text(
+            voc_xml([(classes[i % len(classes)], (4 + i, 6, 40 + i, 50), 0)], size=(96, 64)))
+    return base / "images", base / "xml"

@@ -65,3 +65,19 @@ def test_cli_on_bccd(bccd_root, tmp_path, capsys):
     assert "mean best IoU" in printed and "default" in printed
     np.testing.assert_array_equal(load_anchors(out), anchors)
     assert np.array_equal(main(argv), anchors)  # deterministic under the seed
+
+
+def test_cli_takes_every_dataset_format(tmp_path, capsys):
+    """The same anchors from the demo set as VOC and from its COCO and YOLO copies."""
+    from _data_helpers import demo_copies
+
+    d = demo_copies(tmp_path / "d", num_images=24, seed=0)
+    common = ["--input-size", "128", "--seed", "0", "--n-init", "2"]
+    voc = main(["--root", str(d["voc"]), "--classes", str(d["classes"]), "--out", str(tmp_path / "voc.txt"), *common])
+    for fmt in ("coco", "yolo"):
+        got = main(["--data", str(d[fmt]), "--out", str(tmp_path / f"{fmt}.txt"), *common])
+        np.testing.assert_allclose(got, voc, atol=1)  # boxes within a pixel, shapes within one after rounding
+    assert "classes: 4 from the dataset (YOLO names" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--data", str(d["voc"]), "--out", str(tmp_path / "x.txt")])  # VOC needs its class list
+    assert "--classes FILE" in capsys.readouterr().err

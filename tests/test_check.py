@@ -182,3 +182,38 @@ def test_write_splits_leaves_unusable_ids_out(tmp_path):
     parts = write_splits(root, CLASSES, (0.5, 0.5), seed=0, log=None)
     assert sorted(parts) == ["train", "trainval", "val"]  # no test ratio: no test.txt
     assert parts["trainval"] == ["good"] and not (root / "ImageSets" / "Main" / "test.txt").exists()
+
+
+def test_check_of_coco_and_yolo_sets(tmp_path, capsys):
+    from _data_helpers import demo_copies
+    from utils.data import formats
+    from utils.data.check import check_data
+
+    d = demo_copies(tmp_path, num_images=12, seed=0)
+    want = check_dataset(d["classes"], root=d["voc"])
+    for fmt in ("coco", "yolo"):
+        assert voc_annotation.main(["check", "--data", str(d[fmt])]) == 0  # the class list from the dataset
+        out = capsys.readouterr().out
+        assert "classes: 4 from the dataset" in out and "loaded 12 images with" in out, fmt
+        assert "0 problem(s) found" in out, fmt
+        res = check_data(formats.data_spec(data=d[fmt], log=None))
+        assert res.stats["images"] == 12 and res.stats["all"].keys() == want.stats["all"].keys(), fmt
+        for k, v in want.stats["all"].items():
+            assert res.stats["all"][k] == pytest.approx(v, abs=1e-3), (fmt, k)  # YOLO: normalised floats
+    # a bad label line and a YOLO image in two splits, each named with its file
+    label = sorted((d["yolo"] / "labels" / "train").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "7 0.5 0.5 0.1 0.1\n")
+    val_image = sorted((d["yolo"] / "images" / "val").iterdir())[0]
+    os.link(val_image, d["yolo"] / "images" / "train" / val_image.name)
+    res = check_data(formats.data_spec(data=d["yolo"], log=None))
+    probs = res.problems()
+    assert any(str(label) in p and "class index 7 is out of range" in p for p in probs)
+    assert any(f"1 image(s) in both the train and the val split (first: {val_image.stem})" in p for p in probs)
+    assert "problem(s) found:" in res.format() and res.format().startswith(f"{d['yolo']} [all]: loaded")
+    # check still takes the VOC options; splitting takes one VOC root as --root or --data
+    assert voc_annotation.main(["check", "--data", str(d["voc"]), "--classes", str(d["classes"])]) == 0
+    assert "0 problem(s) found" in capsys.readouterr().out
+    assert voc_annotation.main(["check", "--data", str(d["voc"])]) == 2
+    assert "pass the class list file (--classes FILE)" in capsys.readouterr().err
+    assert voc_annotation.main(["--data", str(d["coco"])]) == 2
+    assert "splitting needs one VOC root" in capsys.readouterr().err

@@ -111,6 +111,36 @@ def test_save_detector_round_trip_with_normalised_meta(saved):
         assert json.loads(zf.read(ck.META_NAME)) == meta
 
 
+def test_update_meta_rewrites_only_the_metadata_atomically(saved, tmp_path, monkeypatch):
+    import shutil
+
+    model, original = saved
+    path = shutil.copy(original, tmp_path / "best.keras")
+    before = ck.read_meta(path)
+    conf = {"score": 0.21, "source": "F1-best score on the validation split", "f1": 0.6}
+    meta = ck.update_meta(path, conf_threshold=conf)
+    assert meta == {**before, "conf_threshold": conf} == ck.read_meta(path)
+    with zipfile.ZipFile(original) as a, zipfile.ZipFile(path) as b:  # the model members are unchanged
+        assert sorted(a.namelist()) == sorted(b.namelist())
+        for name in a.namelist():
+            if name != ck.META_NAME:
+                assert a.read(name) == b.read(name), name
+    loaded, _ = ck.load_detector(path)
+    x = np.random.default_rng(1).uniform(0, 255, (1, *HW, 3)).astype("float32")
+    for a, b in zip(model(x), loaded(x)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert "conf_threshold" not in ck.update_meta(path, conf_threshold=None)  # None removes
+    # a failure half-way leaves the file as it was and no temporary beside it
+    data = open(path, "rb").read()
+    def full(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full)
+    with pytest.raises(OSError, match="disk full"):
+        ck.update_meta(path, conf_threshold=conf)
+    assert open(path, "rb").read() == data and listing(tmp_path) == ["best.keras"]
+
+
 def test_save_detector_rejects_bad_requests_and_writes_nothing(tmp_path):
     model = tiny_body(HW, 2)
     with pytest.raises(ValueError, match=r"saved as a \.keras file, got .*m\.h5"):

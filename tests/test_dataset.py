@@ -145,3 +145,27 @@ def test_epoch_setter_drives_the_pipeline_in_fit(tmp_path):
     model.fit(data, epochs=3, verbose=0, shuffle=False, callbacks=[EpochSetter(ds, 3)])
     assert seen == [0] * 4 + [1] * 4 + [2] * 4
     assert ds.augmenter.total_epochs == 3
+
+
+def test_input_pipelines_split_each_global_batch_and_read_each_sample_once(tmp_path, monkeypatch):
+    """Two pipelines (two workers) with replica batches of 2 from global batches of 4: pipeline
+    p holds positions [4k + 2p, 4k + 2p + 2) of batch k, exactly what one pipeline in replica
+    batches of 2 hands to replica p; every sample is read once, the partial last batch by none."""
+    records = make_records(tmp_path, n=10)
+    ds = TrainDataset(records, C, (64, 64), batch_size=4, seed=2, augment=False, drop_remainder=True)
+    ds.set_epoch(1, 3)
+    read = []
+    example = ds.example
+    monkeypatch.setattr(ds, "example", lambda i: (read.append(i), example(i))[1])
+    whole = [x for x, _ in ds.as_tf_dataset().as_numpy_iterator()]
+    one = [x for x, _ in ds.as_tf_dataset(replica_batch=2).as_numpy_iterator()]  # 2 local replicas
+    read.clear()
+    parts = [[x for x, _ in ds.as_tf_dataset(shard=(p, 2), replica_batch=2).as_numpy_iterator()] for p in (0, 1)]
+    assert sorted(read) == list(range(8))  # positions 8, 9 (a partial global batch) are read by no pipeline
+    assert len(whole) == 2 and [len(p) for p in parts] == [2, 2]
+    for k in range(2):
+        np.testing.assert_array_equal(np.concatenate([parts[0][k], parts[1][k]]), whole[k])
+        np.testing.assert_array_equal(one[2 * k], parts[0][k])
+        np.testing.assert_array_equal(one[2 * k + 1], parts[1][k])
+    with pytest.raises(ValueError, match="a batch of 4 does not split into 3 input pipelines"):
+        ds.as_tf_dataset(shard=(0, 3), replica_batch=1)

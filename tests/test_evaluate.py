@@ -74,6 +74,13 @@ def test_pipeline_with_an_exact_detector_gives_map_one(records, tmp_path):
     for rec, det in zip(records, res["detections"]):  # boxes come back in source pixels
         np.testing.assert_allclose(det["boxes"], rec.boxes, atol=3.0)
     assert res["num_images"] == 5 and res["timing"]["model_s"] <= res["timing"]["total_s"]
+    best = res["f1_best"]  # every object found (scores 0.9 red, 0.8 green): keep them all
+    assert (best["tp"], best["fp"], best["num_gt"], best["f1"]) == (9, 0, 9, 1.0)
+    assert best["lowest_kept"] == pytest.approx(0.8) and 0 < best["score"] < 0.8
+    line = [l for l in format_table(res).splitlines() if l.startswith("F1-best score")]
+    assert line == [f"F1-best score {best['score']:.3g} (all classes pooled): P 1.000  R 1.000  F1 1.000  "
+                    "(9 TP, 0 FP, 9 GT); predict.py's --conf default when stored in the model"]
+    assert json.loads(open(write_report(res, tmp_path / "report")["json"]).read())["f1_best"] == pytest.approx(best)
 
 
 def test_tiny_model_end_to_end_is_well_formed(records, tmp_path):
@@ -102,6 +109,8 @@ def test_tiny_model_end_to_end_is_well_formed(records, tmp_path):
     assert lines[0].split()[:4] == ["Class", "GT", "Dets@0.3", "AP@0.5"]
     assert any(l.split()[:2] == ["red", "5"] for l in lines) and any(l.split()[:2] == ["all", "9"] for l in lines)
     assert "COCO mAP@[.5:.95]" in table
+    assert "P/R/F1 at score >= 0.3" in table and "F1-best score" in table  # both: at --prf-conf and F1-best
+    assert set(doc["f1_best"]) >= {"score", "precision", "recall", "f1", "tp", "fp", "num_gt"}
 
 
 def test_empty_records_and_missing_image_are_clear_errors(records):

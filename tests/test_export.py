@@ -372,3 +372,80 @@ def test_predict_and_eval_map_take_exported_files(demo, e2e, classes, tmp_path, 
     assert eval_map.main(["--weights", results[("onnx", "raw")].path, "--root", str(demo), "--split", "val",
                           "--save-dir", str(tmp_path / "eval"), "--no-coco"]) == 0
     assert "mAP@0.5" in capsys.readouterr().out
+
+
+def test_accuracy_check_flags_an_export_that_loses_map(monkeypatch):
+    """check_accuracy evaluates the Keras file and each raw export with eval_map.py's code and
+    flags a drop beyond max_drop points; end-to-end variants and files not written are left out."""
+    from utils.inference import export as ex
+    maps = {"m.keras": 0.80, "m_fp32.tflite": 0.80, "m_int8.tflite": 0.795, "m.onnx": 0.70}
+    monkeypatch.setattr(Detector, "from_file", classmethod(lambda cls, path: path))
+    monkeypatch.setattr("utils.evaluate.evaluate_records", lambda det, records, **k: {"map": maps[det]})
+    results = [ex.ExportResult(fmt, "raw", path, 1, 0.0, {}) for fmt, path in
+               [("tflite-fp32", "m_fp32.tflite"), ("tflite-int8", "m_int8.tflite"), ("onnx", "m.onnx")]]
+    results += [ex.ExportResult("onnx", "end_to_end", "m_e2e.onnx", 1, 0.0, {}),
+                ex.ExportResult("tflite-int8", "end_to_end", "", 0, 0.0, {}, "not written")]
+    checks = ex.check_accuracy("m.keras", results, records=["r"], max_drop=1.0, log=None)
+    assert [(c.name, c.flagged) for c in checks] == [("keras", False), ("tflite-fp32", False),
+                                                     ("tflite-int8", False), ("onnx", True)]
+    assert [round(c.drop_points, 6) for c in checks] == [0.0, 0.0, 0.5, 10.0]
+    assert ex.check_accuracy("m.keras", results, ["r"], max_drop=0.4, log=None)[2].flagged
+    table = ex.format_accuracy(checks, 1.0)
+    assert "onnx" in table and "-10.00p  FLAGGED: more than 1 points under the Keras model" in table
+    with pytest.raises(ExportError, match="needs validation images"):
+        ex.check_accuracy("m.keras", results, [], log=None)
+
+
+def test_cli_checks_the_exports_on_the_training_runs_validation_split(tmp_path, classes, demo, capsys):
+    """A run folder (best.keras + config.yaml as train.py leaves them): export.py evaluates the
+    ONNX file on the run's validation split; --strict fails when the drop limit is exceeded."""
+    from utils.training.config import parse_train_args, save_yaml
+    run = tmp_path / "run"
+    weights = save_detector(tiny_body(HW, len(classes), activation="relu"), run / "best.keras",
+                            _meta(classes, "tiny", 1.0))
+    args = parse_train_args(["--root", str(demo), "--classes", str(demo / "demo_classes.txt"), "--seed", "3"])
+    save_yaml({k: v for k, v in vars(args).items() if k not in ("config", "tf_logs")}, run / "config.yaml")
+    out = tmp_path / "exp"
+    assert export_cli.main(["--weights", weights, "--formats", "onnx", "--out-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    from utils.data.voc import load_voc
+    assert f"accuracy on {len(load_voc(demo, 'val', classes, log=None))} validation images (the training run [val])" \
+        in text
+    keras_line = next(l for l in text.splitlines() if l.startswith("keras "))
+    onnx_line = [l for l in text.splitlines() if l.startswith("onnx ")][-1]
+    assert keras_line.split()[1] == onnx_line.split()[1] and "+0.00p" in onnx_line  # same mAP, no flag
+    assert export_cli.main(["--weights", weights, "--formats", "onnx", "--out-dir", str(out), "--strict",
+                            "--max-map-drop", "-1"]) == 3
+    captured = capsys.readouterr()
+    assert "FLAGGED" in captured.out and "onnx lose more than -1 points of mAP@0.5 (--strict)" in captured.err
+    lone = save_detector(tiny_body(HW, len(classes), activation="relu"), tmp_path / "lone.keras",
+                         _meta(classes, "tiny", 1.0))
+    assert export_cli.main(["--weights", lone, "--formats", "onnx", "--out-dir", str(out)]) == 0
+    assert "no accuracy check: give --val-data" in capsys.readouterr().out
+    assert export_cli.main(["--weights", lone, "--formats", "onnx", "--out-dir", str(out), "--val-data",
+                            str(demo), "--val-split", "test"]) == 0
+    assert f"accuracy on {len(load_voc(demo, 'test', classes, log=None))} validation images ({demo} [test])" \
+        in capsys.readouterr().out
+
+
+def test_calibration_from_coco_and_yolo_copies_is_the_voc_one(demo, calib, classes, tmp_path):
+    """--calib-data takes every format: the same seeded choice of the same training images."""
+    from utils.data.convert import convert
+
+    for fmt in ("coco", "yolo"):
+        convert(demo, tmp_path / fmt, fmt, class_names=classes, link=True, check_images=False, log=None)
+        got = calibration_dataset(tmp_path / fmt, "train", 6, HW, classes)
+        assert [r.image_id for r in got.records] == [r.image_id for r in calib.records], fmt
+        np.testing.assert_array_equal(got[0][0], calib[0][0])
+    # a COCO file with its image folder; a split it does not name is made with the model's recorded seed
+    js, images = tmp_path / "coco" / "annotations" / "instances.json", tmp_path / "coco" / "images"
+    rec = {"split": "made on the spot", "split_ratios": [0.5, 0.25, 0.25], "seed": 3}
+    got = calibration_dataset(js, "train", 10**6, HW, classes, fmt="coco", images=images, record=rec)
+    from utils.data.voc import split_ids
+    want = split_ids([p.stem for p in images.iterdir()], (0.5, 0.25, 0.25), 3)["train"]
+    assert sorted(r.image_id for r in got.records) == want
+    argv = ["--weights", save_detector(tiny_body(HW, len(classes), activation="relu"), tmp_path / "t.keras",
+                                       _meta(classes, "tiny", 1.0)),
+            "--formats", "tflite-int8", "--out-dir", str(tmp_path / "exp"), "--calib-images", "3", "--no-map-check"]
+    assert export_cli.main(argv + ["--calib-data", str(js), "--calib-image-dir", str(images)]) == 0
+    assert json.loads((tmp_path / "exp" / "t_int8.tflite.json").read_text())["source"]["calibration"]["images"] == 3

@@ -128,3 +128,106 @@ def test_bad_inputs_have_clear_errors():
         evaluate_detections([det([], [], [])], [gt([], []), gt([], [])], 1)
     with pytest.raises(ValueError, match="image 0: detection class 3 is outside 0..1"):
         evaluate_detections([det([A], [0.5], [3])], [gt([], [])], 2)
+
+
+# ----------------------------------------------------------------------------- F1-best threshold
+
+def test_f1_best_hand_computed_two_classes_pooled():
+    # 4 GT (3 of class 0, 1 of class 1, one more class-0 object difficult). Pooled ranking:
+    #   0.9 FP(c0)  0.8 TP(c0)  0.7 TP(c1)  0.6 ignored (difficult)  0.5 TP(c0)  0.4 FP(c1)  0.3 FP(c0)
+    # F1 = 2 TP / (kept + 4): 0, 2/6, 4/8, (0.6 ignored: same), 6/10, 6/12, 6/14 -> best keeps
+    # down to 0.5 (TP 3, FP 1): P 3/4, R 3/4, F1 0.6; threshold between 0.5 and 0.4.
+    D = [60, 0, 99, 30]
+    gts = [gt([A, B, C, D], [0, 0, 1, 0], difficult=[False, False, False, True]), gt([FAR], [0])]
+    dets = [det([[0, 40, 9, 49], A, C, D, B, [0, 0, 5, 5]], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0, 0, 1, 0, 0, 1]),
+            det([[80, 80, 99, 99]], [0.3], [0])]
+    best = evaluate_detections(dets, gts, 2)["f1_best"]
+    assert (best["tp"], best["fp"], best["num_gt"]) == (3, 1, 4)
+    assert (best["precision"], best["recall"], best["f1"]) == pytest.approx((0.75, 0.75, 0.75))
+    assert best["lowest_kept"] == pytest.approx(0.5) and best["score"] == pytest.approx(0.45)
+    # a threshold above every score of a model whose scores all run low is still found
+    low = evaluate_detections([det([A, FAR], [0.08, 0.06], [0, 0])], [gt([A], [0])], 1)["f1_best"]
+    assert low["score"] == pytest.approx(0.07) and low["f1"] == pytest.approx(1.0)
+    # no TP: no threshold; no ground truth: NaN F1
+    none = evaluate_detections([det([FAR], [0.9], [0])], [gt([A], [0])], 1)["f1_best"]
+    assert np.isnan(none["score"]) and none["f1"] == 0.0
+    assert np.isnan(evaluate_detections([det([FAR], [0.9], [0])], [gt([], [])], 1)["f1_best"]["f1"])
+
+
+def test_f1_best_ties_go_in_together_and_highest_score_wins_equal_f1():
+    # two detections at 0.8 (TP + FP) and one at 0.6 (TP): 2 GT.
+    # keep >= 0.8: TP 1 FP 1 -> F1 2/4; keep >= 0.6: TP 2 FP 1 -> F1 4/5
+    best = evaluate_detections([det([A, FAR, B], [0.8, 0.8, 0.6], [0, 0, 0])], [gt([A, B], [0, 0])], 1)["f1_best"]
+    assert (best["tp"], best["fp"], best["f1"]) == (2, 1, pytest.approx(0.8))
+    assert 0 < best["score"] < 0.6
+    # equal F1 at 0.9 (TP 1 of 1) and never better below: the highest score is kept
+    best = evaluate_detections([det([A, FAR], [0.9, 0.5], [0, 0])], [gt([A], [0])], 1)["f1_best"]
+    assert best["lowest_kept"] == pytest.approx(0.9) and 0.5 < best["score"] < 0.9
+
+
+def _iou(a, b):
+    iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter)
+
+
+def _brute_counts(dets, gts, thresh, iou_thresh=0.5):
+    """TP, FP, #GT of the detections with score >= thresh: VOC matching redone from scratch."""
+    tp = fp = npos = 0
+    for d, g in zip(dets, gts):
+        npos += int((~g.difficult).sum())
+        for c in set(d["classes"].tolist()):
+            sel = (d["classes"] == c) & (d["scores"] >= thresh)
+            gb, gd = g.boxes[g.labels == c], g.difficult[g.labels == c]
+            taken = np.zeros(len(gb), bool)
+            for i in np.argsort(-d["scores"][sel], kind="stable"):
+                box = d["boxes"][sel][i]
+                if not len(gb):
+                    fp += 1
+                    continue
+                ious = _iou(box, gb)
+                j = int(np.argmax(ious))
+                if ious[j] > iou_thresh and gd[j]:
+                    continue
+                if ious[j] > iou_thresh and not taken[j]:
+                    taken[j] = True
+                    tp += 1
+                else:
+                    fp += 1
+    return tp, fp, npos
+
+
+def test_f1_best_matches_a_brute_force_sweep_of_every_score():
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        dets, gts = [], []
+        for _ in range(6):
+            n = int(rng.integers(0, 5))
+            xy = rng.uniform(0, 70, (n, 2))
+            boxes = np.concatenate([xy, xy + rng.uniform(10, 30, (n, 2))], 1).astype(np.float32)
+            labels = rng.integers(0, 3, n)
+            gts.append(gt(boxes, labels, difficult=rng.random(n) < 0.15))
+            jitter = boxes + rng.normal(0, 3, boxes.shape).astype(np.float32)
+            keep = rng.random(n) < 0.8
+            m = int(rng.integers(0, 4))
+            xy = rng.uniform(0, 70, (m, 2))
+            noise = np.concatenate([xy, xy + rng.uniform(10, 30, (m, 2))], 1)
+            db = np.concatenate([jitter[keep], jitter[keep][:1], noise]).astype(np.float32)  # + a duplicate
+            dc = np.concatenate([labels[keep], labels[keep][:1], rng.integers(0, 3, m)])
+            flip = rng.random(len(dc)) < 0.1  # a few with the wrong class
+            dc = np.where(flip, (dc + 1) % 3, dc)
+            dets.append(det(db, rng.uniform(0, 1, len(db)).round(2), dc))  # rounded: ties across images
+        best = evaluate_detections(dets, gts, 3)["f1_best"]
+        ref_f1, ref_score = -1.0, None
+        for s in sorted({float(x) for d in dets for x in d["scores"]}, reverse=True):
+            tp, fp, npos = _brute_counts(dets, gts, np.float32(s))
+            f1 = 2 * tp / (tp + fp + npos)
+            if f1 > ref_f1 + 1e-12:
+                ref_f1, ref_score, ref = f1, s, (tp, fp, npos)
+        assert best["f1"] == pytest.approx(ref_f1), trial
+        assert (best["tp"], best["fp"], best["num_gt"]) == ref, trial
+        assert best["lowest_kept"] == pytest.approx(ref_score), trial
+        assert _brute_counts(dets, gts, np.float32(best["score"])) == ref, trial  # the threshold keeps just those
+        assert best["precision"] == pytest.approx(ref[0] / (ref[0] + ref[1]))
+        assert best["recall"] == pytest.approx(ref[0] / ref[2])

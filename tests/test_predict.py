@@ -19,7 +19,7 @@ from _data_helpers import make_source_folder, random_rgb, write_rgb
 
 import predict
 from _helpers import tiny_body
-from utils.checkpoint import save_detector
+from utils.checkpoint import save_detector, update_meta
 from utils.inference.detector import Detector
 from utils.inference.predict import PredictOptions, detect, mask_classes, parse_class_filter
 from utils.targets import load_anchors
@@ -220,6 +220,68 @@ def test_input_size_override(weights, folder, detector):
     assert Detector.from_file(weights, input_size=(96, 128)).model is not None
     with pytest.raises(ValueError, match="multiples of 32"):
         Detector.from_file(weights, input_size=100)
+
+
+def _low_score_model(path, stored):
+    """A one-class tiny model whose every score is ~0.1 (objectness and class ~sqrt(0.1) each),
+    saved with ``stored`` as its conf_threshold metadata (or none)."""
+    model = tiny_body(HW, 1)
+    logit = np.log(0.1 ** 0.5 / (1 - 0.1 ** 0.5))
+    for out in model.outputs:
+        conv = out._keras_history[0]
+        conv.kernel.assign(0.02 * np.asarray(conv.kernel))  # a little spread, all far under 0.25
+        bias = np.zeros((3, 6), np.float32)
+        bias[:, 4:] = logit
+        conv.bias.assign(bias.reshape(-1))
+    meta = {"backbone": "tiny", "alpha": 1.0, "class_names": ["cell"], "anchors": ANCHORS.tolist(),
+            "input_shape": list(HW)}
+    save_detector(model, path, meta)
+    if stored is not None:
+        update_meta(path, conf_threshold=stored)
+    return str(path)
+
+
+def test_default_conf_is_the_stored_f1_best_score(tmp_path, capsys):
+    stored = {"score": 0.05, "source": "F1-best score on the validation split", "f1": 0.4}
+    weights = _low_score_model(tmp_path / "low.keras", stored)
+    image = str(write_rgb(tmp_path / "img.png", random_rgb(5, 120, 160)))
+
+    def run(name, *extra):
+        out = tmp_path / name
+        assert predict.main(["--weights", weights, "--source", image, "--save-dir", str(out), *extra]) == 0
+        (record,) = _jsonl(out / "predictions.jsonl")
+        return [d["score"] for d in record["detections"]], read_image(out / "img.png"), capsys.readouterr().out
+
+    scores, drawn, text = run("stored")
+    assert "conf 0.05: the F1-best score on the validation split; --conf overrides" in text.splitlines()
+    assert len(scores) > 0 and all(0.05 < s < 0.25 for s in scores)  # a model that scores low still finds
+    assert np.abs(drawn.astype(int) - read_image(image)).max() > 100  # and draws its boxes
+    scores, drawn, text = run("fixed", "--conf", "0.25")  # --conf overrides, and nothing is said about it
+    assert scores == [] and "F1-best" not in text
+    np.testing.assert_array_equal(drawn, read_image(image))
+    # a model without the stored score: 0.25, said so
+    plain = _low_score_model(tmp_path / "plain.keras", None)
+    assert predict.main(["--weights", plain, "--source", image, "--save-dir", str(tmp_path / "plain"),
+                         "--no-save"]) == 0
+    assert any(line.startswith("conf 0.25: the default") for line in capsys.readouterr().out.splitlines())
+    assert _jsonl(tmp_path / "plain" / "predictions.jsonl")[0]["detections"] == []
+
+
+def test_resolve_conf_and_exports_carry_the_stored_score():
+    from utils.inference.export import _base_meta
+    from utils.inference.predict import resolve_conf
+
+    stored = {"score": 0.21, "source": "F1-best score on the validation split"}
+    assert resolve_conf(None, {"conf_threshold": stored}) == (
+        0.21, "conf 0.21: the F1-best score on the validation split; --conf overrides")
+    assert resolve_conf(0.4, {"conf_threshold": stored})[0] == 0.4
+    for bad in (None, {"score": None}, {"score": float("nan")}, {"score": 3}, "x"):  # bad entries: the default
+        assert resolve_conf(None, {"conf_threshold": bad})[0] == 0.25
+    assert resolve_conf(None, {"conf_threshold": 0.3})[0] == 0.3
+    meta = {"class_names": ["cell"], "anchors": ANCHORS.tolist(), "input_shape": list(HW)}
+    model = tiny_body(HW, 1)
+    assert _base_meta({**meta, "conf_threshold": stored}, model)["conf_threshold"] == stored
+    assert "conf_threshold" not in _base_meta(meta, model)
 
 
 def test_draw_counts_panel_inside_image():

@@ -61,3 +61,18 @@ def test_unwritable_output_is_named(voc, tmp_path):
     with pytest.raises(SystemExit, match=r"could not write .*taken\.png"):
         main(["--root", str(a), "--classes", str(classes), "--out", str(tmp_path / "taken.png"), "--num", "1",
               "--input-size", "64"])
+
+
+def test_grid_from_a_coco_file_and_its_image_folder(voc, tmp_path, capsys):
+    from utils.data.coco import write_coco
+    from utils.data.voc import load_voc
+
+    a, _, classes = voc
+    write_coco(load_voc(a, None, classes, log=None), classes, tmp_path / "ann" / "a.json")
+    out = tmp_path / "coco.png"
+    main(["--data", str(tmp_path / "ann" / "a.json"), "--images", str(a / "JPEGImages"), "--split", "all",
+          "--out", str(out), "--num", "2", "--input-size", "64", "--special", "off"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "classes: 2 from the dataset (COCO categories of " + str(tmp_path / "ann" / "a.json") \
+        + "): cat, dog; --classes FILE overrides"
+    assert "loaded 6 images with 6 boxes" in lines[1] and lines[-1].startswith(f"wrote {out}: 2 augmented samples")

@@ -163,3 +163,121 @@ def test_resolve_data_flat_layout_splits_by_ratio(demo_args):
     assert not {r.image_path for r in tr} & {r.image_path for r in va}
     tr2, va2, _ = resolve_data(train.parse_args(base + ["--split-ratios", "0.75", "0.25", "0"]))
     assert len(tr2) > len(tr) and len(tr2) + len(va2) == 12
+
+
+# ----------------------------------------------------------------------------- conf_threshold
+
+def test_store_conf_threshold_writes_the_f1_best_score_into_best_keras(tmp_path):
+    from _helpers import tiny_body
+    from utils.checkpoint import read_meta, save_detector
+    from utils.metrics import evaluate_detections
+    from utils.targets import load_anchors
+    from utils.training.trainer import store_conf_threshold
+
+    path = tmp_path / "best.keras"
+    save_detector(tiny_body((64, 64), 1), path, {"backbone": "tiny", "alpha": 1.0, "class_names": ["cell"],
+                                                  "anchors": load_anchors(), "input_shape": [64, 64]})
+    gt = {"boxes": [[10, 10, 40, 40], [50, 50, 60, 60]], "labels": [0, 0]}
+    det = {"boxes": [[10, 10, 40, 40], [0, 0, 5, 5], [50, 50, 60, 60]], "scores": [0.3, 0.2, 0.1],
+           "classes": [0, 0, 0]}
+    best = evaluate_detections([det], [gt], 1)["f1_best"]  # keep all three: 2 TP, 1 FP -> F1 0.8
+    conf = store_conf_threshold(path, best)
+    assert conf == read_meta(path)["conf_threshold"]
+    assert conf["score"] == best["score"] and 0 < conf["score"] < 0.1
+    assert conf["source"] == "F1-best score on the validation split"
+    assert (conf["f1"], conf["tp"], conf["fp"], conf["num_gt"]) == (pytest.approx(0.8), 2, 1, 2)
+    # no true positive: no score, the file is left as it is
+    before = path.read_bytes()
+    assert store_conf_threshold(path, evaluate_detections([det], [{"boxes": [], "labels": []}], 1)["f1_best"]) is None
+    assert path.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- data formats and the recorded split
+
+def _same_records(got, want):
+    """Same image ids, labels and boxes within one pixel."""
+    got, want = {r.image_id: r for r in got}, {r.image_id: r for r in want}
+    assert sorted(got) == sorted(want)
+    for i, r in want.items():
+        order_g, order_w = np.lexsort(got[i].boxes.T[::-1]), np.lexsort(r.boxes.T[::-1])
+        assert got[i].labels[order_g].tolist() == r.labels[order_w].tolist(), i
+        np.testing.assert_allclose(got[i].boxes[order_g], r.boxes[order_w], atol=1.0, err_msg=i)
+
+
+def test_resolve_data_coco_and_yolo_copies_give_the_voc_records(tmp_path, capsys):
+    from _data_helpers import demo_copies
+
+    d = demo_copies(tmp_path, num_images=24, seed=0)
+    voc_train, voc_val, voc_names = resolve_data(train.parse_args(["--root", str(d["voc"]), "--classes",
+                                                                   str(d["classes"])]))
+    capsys.readouterr()
+    for fmt, path in (("coco", d["coco"]), ("yolo", d["yolo"]), ("coco", d["coco"] / "annotations"
+                                                                  / "instances_train.json")):
+        args = train.parse_args(["--data", str(path)])
+        tr, va, names = resolve_data(args)
+        out = capsys.readouterr().out
+        assert names == voc_names and args.classes is None  # taken from the dataset: config.yaml keeps null
+        assert f"classes: 4 from the dataset ({'COCO categories' if fmt == 'coco' else 'YOLO names'}" in out
+        if path.suffix == ".json":  # one instances file: the whole of it, split on the spot
+            assert {r.image_id for r in tr + va} <= {r.image_id for r in voc_train} and len(va) > 0
+            continue
+        _same_records(tr, voc_train)
+        _same_records(va, voc_val)
+    # --format overrides detection; a wrong one is a clear error
+    with pytest.raises(ValueError, match="not a VOC root|no Annotations"):
+        resolve_data(train.parse_args(["--data", str(d["coco"]), "--format", "voc", "--classes", str(d["classes"])]))
+    with pytest.raises(TrainError, match="--root names VOC roots"):
+        resolve_data(train.parse_args(["--root", str(d["voc"]), "--format", "yolo"]))
+
+
+def test_the_run_records_its_split_made_on_the_spot(tmp_path):
+    from _data_helpers import flat_set
+    from utils.data import formats
+    from utils.data.voc import split_ids
+    from utils.training.trainer import resolve_spec
+
+    images, xml = flat_set(tmp_path / "flat", 20, classes=("cat", "dog"))
+    classes = tmp_path / "c.txt"
+    classes.write_text("cat\ndog\n")
+    args = train.parse_args(["--images", str(images), "--annotations", str(xml), "--classes", str(classes),
+                             "--seed", "3"])
+    spec = resolve_spec(args, log=None)
+    rec = spec.record(args.split_ratios, args.seed, (args.train_split, args.val_split, "test"))  # as run() does
+    ids = [f"im{i:02d}" for i in range(20)]
+    assert rec["test_ids"] == split_ids(ids, (0.8, 0.1, 0.1), 3)["test"]
+    assert (rec["seed"], rec["split_ratios"], rec["split"], rec["classes"]) == (
+        3, [0.8, 0.1, 0.1], formats.MADE_ON_THE_SPOT, f"file {classes}")
+    tr, va, _ = resolve_data(args, spec)
+    assert not {r.image_id for r in tr + va} & set(rec["test_ids"])  # the test split never trained on
+
+
+@pytest.mark.slow
+def test_a_short_run_records_its_split_and_eval_map_uses_it(tmp_path, monkeypatch, capsys):
+    """Two steps at 128 on a flat folder pair with --seed 3: best.keras and last.keras carry the
+    split; eval_map.py with no data option evaluates on exactly its test images."""
+    import eval_map
+    from _data_helpers import flat_set
+    from utils import evaluate
+    from utils.checkpoint import read_meta
+    from utils.data.voc import split_ids
+
+    images, xml = flat_set(tmp_path / "flat", 20, classes=("cat", "dog"))
+    classes = tmp_path / "c.txt"
+    classes.write_text("cat\ndog\n")
+    save = tmp_path / "run"
+    assert train.main(["--images", str(images), "--annotations", str(xml), "--classes", str(classes),
+                       "--seed", "3", "--input-size", "128", "--backbone", "squeezenet", "--alpha", "0.5",
+                       "--batch-size", "4", "--epochs", "1", "--steps-per-epoch", "2", "--eval-every", "1",
+                       "--verbose", "0", "--no-tensorboard", "--workers", "1", "--save-dir", str(save)]) == 0
+    want = split_ids([f"im{i:02d}" for i in range(20)], (0.8, 0.1, 0.1), 3)["test"]
+    for name in ("best.keras", "last.keras"):
+        data = read_meta(save / name)["data"]
+        assert data["test_ids"] == want and data["seed"] == 3 and data["split"] == "made on the spot", name
+    seen = []
+    real = evaluate.evaluate_records
+    monkeypatch.setattr(evaluate, "evaluate_records",
+                        lambda det, recs, **kw: seen.append(recs) or real(det, recs, **kw))
+    capsys.readouterr()
+    assert eval_map.main(["--weights", str(save / "best.keras"), "--no-coco", "--save-dir", str(tmp_path / "ev")]) == 0
+    assert sorted(r.image_id for r in seen[-1]) == want
+    assert "the test split of the training run's dataset" in capsys.readouterr().out

@@ -100,6 +100,30 @@ def read_meta(path) -> dict:
         raise ValueError(f"{path} is not a valid .keras file (corrupt or truncated zip: {exc})") from None
 
 
+def update_meta(path, **entries) -> dict:
+    """Set ``entries`` in the metadata of the ``.keras`` file ``path`` without touching the
+    model (e.g. ``conf_threshold`` after training); an entry given as None is removed.
+
+    The archive is copied member by member, with the new ``yolo_meta.json``, beside ``path``
+    and renamed over it (atomic). Returns the new metadata.
+    """
+    path = os.fspath(path)
+    meta = read_meta(path)
+    for key, value in entries.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    text = json.dumps(meta, indent=2)
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
+            for info in src.infolist():
+                if info.filename != META_NAME:
+                    dst.writestr(info, src.read(info))
+            dst.writestr(META_NAME, text)
+    return meta
+
+
 def load_detector(path, compile: bool = False):
     """Load a ``.keras`` detector saved by :func:`save_detector`; returns ``(model, meta)``.
 

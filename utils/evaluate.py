@@ -116,7 +116,8 @@ def _fmt(v, digits=3):
 
 
 def format_table(results, class_names=None) -> str:
-    """A readable per-class table (class, GT, detections at the P/R score, AP, P, R, F1) + totals."""
+    """A readable per-class table (class, GT, detections at the P/R score, AP, P, R, F1) + totals,
+    and P/R/F1 of all classes pooled at the F1-best score (``results["f1_best"]``)."""
     names = list(class_names or results.get("class_names") or [str(i) for i in range(len(results["per_class"]))])
     iou = results.get("iou_thresh", 0.5)
     conf = results.get("prf_score_thresh", 0.5)
@@ -134,6 +135,9 @@ def format_table(results, class_names=None) -> str:
     out = [line(head), "-" * len(line(head))] + [line(r) for r in rows[:-1]] + ["-" * len(line(head)), line(rows[-1])]
     kind = "11-point (VOC07)" if results.get("use_07") else "all-point (VOC2010+)"
     out.append(f"mAP@{iou:g} = {_fmt(results['map'], 4)}  [{kind}; P/R/F1 at score >= {conf:g}]")
+    best = results.get("f1_best")
+    if best:
+        out.append(format_f1_best(best))
     coco = results.get("coco")
     if coco:
         out.append(f"COCO mAP@[.5:.95] = {_fmt(coco['map_50_95'], 4)}   AP@.5 = {_fmt(coco['map_50'], 4)}   "
@@ -144,6 +148,15 @@ def format_table(results, class_names=None) -> str:
                    f"({timing['images_per_s']:.1f} img/s; model + NMS {timing['model_s']:.2f} s, "
                    f"x{timing['overhead']:.2f})")
     return "\n".join(out)
+
+
+def format_f1_best(best) -> str:
+    """One line: P/R/F1 of all classes pooled at the F1-best score (utils.metrics.best_f1_threshold)."""
+    if best.get("score") is None or math.isnan(best["score"]):
+        return "F1-best score: none (no true positive at any score)"
+    return (f"F1-best score {best['score']:.3g} (all classes pooled): P {_fmt(best['precision'])}  "
+            f"R {_fmt(best['recall'])}  F1 {_fmt(best['f1'])}  ({best['tp']} TP, {best['fp']} FP, "
+            f"{best['num_gt']} GT); predict.py's --conf default when stored in the model")
 
 
 def _jsonable(obj):

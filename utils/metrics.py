@@ -120,7 +120,9 @@ def evaluate_detections(detections, ground_truths, num_classes: int, iou_thresh:
     ``num_difficult``, ``num_detections`` (all given), ``num_detections_at_thresh``, ``tp``,
     ``fp``), ``mean_precision`` / ``mean_recall`` / ``mean_f1`` (over the same classes as
     the mAP), ``pr_curves`` (per class ``recall``, ``precision``, ``scores`` arrays in score
-    order) and the settings. Classes without ground truth get NaN AP, recall and F1.
+    order), ``f1_best`` (:func:`best_f1_threshold`: the score at which F1 over all classes
+    pooled is highest, with P, R, F1 there, from the same matching as the AP) and the
+    settings. Classes without ground truth get NaN AP, recall and F1.
     Matching within an image follows the devkit: detections in score order, each taken by
     its highest-IoU ground truth when IoU > ``iou_thresh`` and that one is still free.
     """
@@ -142,12 +144,13 @@ def evaluate_detections(detections, ground_truths, num_classes: int, iou_thresh:
             scores_c[c].append(ds[dm])
             flags_c[c].append(_match_image(db[dm], ds[dm], gb[gm], gd[gm], iou_thresh))
 
-    per_class, curves = [], []
+    per_class, curves, pooled = [], [], []
     for c in range(num_classes):
         s = np.concatenate(scores_c[c]) if scores_c[c] else np.zeros(0, np.float32)
         f = np.concatenate(flags_c[c]) if flags_c[c] else np.zeros(0, np.int8)
         keep = f >= 0  # difficult matches are dropped from the ranking
         s, f = s[keep], f[keep]
+        pooled.append((s, f))
         order = np.argsort(-s, kind="stable")
         s, f = s[order], f[order]
         tp = np.cumsum(f == 1)
@@ -173,9 +176,62 @@ def evaluate_detections(detections, ground_truths, num_classes: int, iou_thresh:
     def mean(key):
         return float(np.mean([pc[key] for pc in valid])) if valid else float("nan")
 
+    f1_best = best_f1_threshold(np.concatenate([p[0] for p in pooled]) if pooled else np.zeros(0),
+                                np.concatenate([p[1] for p in pooled]) if pooled else np.zeros(0, np.int8),
+                                int(num_gt.sum()))
     return {"map": mean("ap"), "mean_precision": mean("precision"), "mean_recall": mean("recall"),
-            "mean_f1": mean("f1"), "per_class": per_class, "pr_curves": curves, "iou_thresh": float(iou_thresh),
-            "use_07": bool(use_07), "prf_score_thresh": float(score_thresh_for_prf), "num_images": len(gts)}
+            "mean_f1": mean("f1"), "per_class": per_class, "pr_curves": curves, "f1_best": f1_best,
+            "iou_thresh": float(iou_thresh), "use_07": bool(use_07),
+            "prf_score_thresh": float(score_thresh_for_prf), "num_images": len(gts)}
+
+
+def _between(lo: float, hi: float) -> float:
+    """A short decimal t with lo < t < hi in float32 (what the detector compares with),
+    near their midpoint; the float32 just under ``hi`` when none fits."""
+    mid = (lo + hi) / 2
+    for digits in (2, 3, 4, 5, 6, 7):
+        t = round(mid, digits)
+        if np.float32(lo) < np.float32(t) < np.float32(hi):
+            return t
+    return float(np.nextafter(np.float32(hi), np.float32(0)))
+
+
+def best_f1_threshold(scores, flags, num_gt: int) -> dict:
+    """The score threshold at which micro-averaged F1 (every class pooled) is highest.
+
+    ``scores`` / ``flags``: every ranked detection of every class (difficult matches already
+    left out) with its VOC match, 1 true positive, 0 false positive; ``num_gt``: the
+    non-difficult ground truths of all classes. Keeping the detections with score >= s
+    gives TP(s), FP(s) and F1 = 2 TP / (TP + FP + num_gt); only the distinct scores are
+    candidates (ties go in or out together), and on equal F1 the highest score wins.
+
+    Returns ``score`` (the threshold: a short decimal near halfway between the lowest kept
+    score and the highest left-out one (or 0), so ``score > s`` and ``score >= s`` keep the
+    same detections, in float32 as the detector compares), ``lowest_kept``,
+    ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``num_gt``. Without a true positive
+    there is no such threshold: ``score`` is NaN and P/R/F1 are 0 (NaN without ground truth).
+    """
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    flags = np.asarray(flags).reshape(-1)
+    num_gt = int(num_gt)
+    order = np.argsort(-scores, kind="stable")
+    s, f = scores[order], flags[order]
+    tp = np.cumsum(f == 1)
+    fp = np.cumsum(f != 1)
+    last = np.nonzero(np.append(s[1:] != s[:-1], True))[0] if len(s) else np.zeros(0, np.int64)
+    nan = float("nan")
+    out = {"score": nan, "lowest_kept": nan, "precision": 0.0, "recall": 0.0 if num_gt else nan,
+           "f1": 0.0 if num_gt else nan, "tp": 0, "fp": 0, "num_gt": num_gt}
+    if not num_gt or not len(last) or tp[-1] == 0:
+        return out
+    f1 = 2.0 * tp[last] / (tp[last] + fp[last] + num_gt)
+    k = int(last[int(np.argmax(f1))])  # argmax: the first maximum, i.e. the highest score
+    low = float(s[k])
+    thresh = _between(float(s[k + 1]) if k + 1 < len(s) else 0.0, low)
+    t, n = int(tp[k]), int(k + 1)
+    p, r = t / n, t / num_gt
+    return {**out, "score": thresh, "lowest_kept": low, "precision": p, "recall": r,
+            "f1": 2 * p * r / (p + r), "tp": t, "fp": n - t}
 
 
 # ------------------------------------------------------------------ COCO

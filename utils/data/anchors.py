@@ -2,6 +2,9 @@
 
     python -m utils.data.anchors --root VOCdevkit/VOC2007 --split train --classes model_data/voc_classes.txt \\
         --input-size 416 --out model_data/my_anchors.txt --seed 0
+    python -m utils.data.anchors --data my_yolo/data.yaml --input-size 416 --out model_data/my_anchors.txt
+
+The data options are utils.data.formats' (VOC, COCO, YOLO), as train.py's.
 
 Box shapes are taken in the network-input frame (each image letterboxed to the input size,
 as validation and prediction see it), difficult boxes left out as in training. The distance
@@ -104,20 +107,23 @@ def save_anchors(path, anchors):
 
 def main(argv=None):
     """Compute anchors for a dataset split and write them in the yolo_anchors.txt format."""
-    from utils.data.voc import load_voc, read_class_names
+    from utils.data.formats import add_data_arguments, records_from_args
 
     p = argparse.ArgumentParser(prog="python -m utils.data.anchors", description=main.__doc__)
-    p.add_argument("--root", action="append", required=True, help="VOC-layout dataset root (repeatable)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--classes", required=True, help="class-name file, one per line")
+    add_data_arguments(p, split_ratios=[0.8, 0.1, 0.1])
+    p.add_argument("--split", default="train", help="split whose boxes are clustered (default train; 'all')")
     p.add_argument("--input-size", default="416", help="S or HxW, multiples of 32")
     p.add_argument("--out", required=True, help="anchor file to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of k-means and of a split made on the spot (as train.py's)")
     p.add_argument("--n-init", type=int, default=5, help="k-means restarts (best kept)")
     args = p.parse_args(argv)
 
     input_hw = parse_input_hw(args.input_size)
-    records = load_voc(args.root, args.split, read_class_names(args.classes), check_images=False)
+    try:
+        records, _ = records_from_args(args, args.split, check_images=False)
+    except (ValueError, FileNotFoundError) as exc:
+        p.error(str(exc))
     wh = box_shapes(records, input_hw)
     anchors = save_anchors(args.out, kmeans_anchors(wh, NUM_ANCHORS, args.seed, args.n_init))
     default = load_anchors(DEFAULT_ANCHORS_PATH)

@@ -2,7 +2,8 @@
 
 Per-class counts, COCO size buckets and box-size ranges (:func:`dataset_stats`), as text
 tables, and :func:`check_dataset`: every problem of a whole VOC root or flat folder pair,
-with its file, plus the consistency of the split files.
+with its file, plus the consistency of the split files; :func:`check_data` does the same for
+a COCO or YOLO set (utils/data/formats.py).
 """
 from __future__ import annotations
 
@@ -85,13 +86,14 @@ class CheckResult:
     records: list
     report: LoadReport
     stats: dict
-    split_problems: list  # messages about ImageSets/Main files
+    split_problems: list  # messages about ImageSets/Main files (or other named splits)
+    summary_line: str = ""  # the loader's summary line when it is not report's (COCO, YOLO)
 
     def problems(self) -> list[str]:
         return self.report.messages() + self.split_problems
 
     def format(self) -> str:
-        lines = [self.report.summary(), format_stats(self.stats)]
+        lines = [self.summary_line or self.report.summary(), format_stats(self.stats)]
         probs = self.problems()
         lines.append(f"{len(probs)} problem(s) found" + (":" if probs else ""))
         lines += [f"  {m}" for m in probs]
@@ -134,6 +136,37 @@ def check_dataset(class_names, *, root=None, images_dir=None, annotations_dir=No
         raise ValueError("check_dataset: give root=, or images_dir= and annotations_dir=")
     records = _load_entries(entries, names, check_images, report)
     return CheckResult(records, report, dataset_stats(records, names), split_problems)
+
+
+def check_data(spec, check_images: bool = True) -> CheckResult:
+    """:func:`check_dataset` of a dataset in any format (a utils.data.formats.DataSpec, as the
+    data options name it): a VOC root or flat pair goes to :func:`check_dataset`; a COCO or
+    YOLO set is loaded whole, its problems (each with its file) and summary collected, and
+    its named splits (COCO instances_<split>.json, YOLO data.yaml / images/<split>/) checked
+    for images in two of train, val and test."""
+    from utils.data.formats import named_splits
+
+    if spec.fmt == "voc":
+        if spec.flat:
+            return check_dataset(spec.class_names, images_dir=spec.images, annotations_dir=spec.paths[0],
+                                 check_images=check_images)
+        if len(spec.paths) != 1:
+            raise DatasetError("check one VOC root at a time")
+        return check_dataset(spec.class_names, root=spec.paths[0], check_images=check_images)
+    lines = []
+    records = spec.load(None, check_images=check_images, log=lines.append)
+    report = LoadReport(spec.describe())
+    report.notes = [m for m in lines[:-1] if not m.startswith("warning: ")]
+    report.problems = [("problem", m[len("warning: "):]) for m in lines[:-1] if m.startswith("warning: ")]
+    splits = named_splits(spec.paths[0], spec.fmt)
+    split_problems = []
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = sorted(set(splits.get(a, ())) & set(splits.get(b, ())))
+        if both:
+            split_problems.append(f"{spec.paths[0]}: {len(both)} image(s) in both the {a} and the {b} split "
+                                  f"(first: {both[0]})")
+    return CheckResult(records, report, dataset_stats(records, spec.class_names), split_problems,
+                       lines[-1] if lines else "")
 
 
 def write_splits(root, class_names, ratios=(0.8, 0.1, 0.1), seed: int = 0, *, overwrite: bool = False,

@@ -211,11 +211,17 @@ class TrainDataset(keras.utils.PyDataset):
 
     __getitem__ = batch  # keras.utils.PyDataset protocol
 
-    def as_tf_dataset(self, num_parallel=None):
+    def as_tf_dataset(self, num_parallel=None, shard=(0, 1), replica_batch=None):
         """The tf.data pipeline: one parallel numpy_function per sample, batched, prefetched.
 
         A fresh iterator (Keras makes one per epoch) reads ``self.epoch`` when it runs, so
         ``set_epoch`` before the epoch (EpochSetter) is all the trainer does.
+
+        ``shard=(p, P)`` with ``replica_batch`` b: input pipeline p of P (one per worker under
+        tf.distribute) reads only its part of each global batch of ``batch_size`` B, the
+        positions [kB + p*B/P, kB + (p+1)*B/P), in batches of b for its replicas in turn.
+        Every sample is read by exactly one pipeline, and the replicas of all pipelines
+        together see the same global batches, in the same order, as one pipeline would.
         """
         import tensorflow as tf
         H, W = self.input_hw
@@ -236,9 +242,19 @@ class TrainDataset(keras.utils.PyDataset):
             return tf.cast(image, tf.float32), {**dict(zip(TARGET_KEYS, (y32, y16, y8))), "gt_boxes": gt}
 
         n_par = num_parallel or self.num_parallel
+        index, count = (int(v) for v in shard)
+        batch = int(replica_batch or self.batch_size)
         ds = tf.data.Dataset.range(self.num_samples)
+        if count > 1:
+            part = self.batch_size // count
+            if part * count != self.batch_size or part % batch:
+                raise ValueError(f"a batch of {self.batch_size} does not split into {count} input pipelines "
+                                 f"of replica batches of {batch}")
+            # whole global batches only (every pipeline runs the same number of steps)
+            ds = ds.take(self.num_samples // self.batch_size * self.batch_size)
+            ds = ds.filter(lambda i: (i % self.batch_size) // part == index)
         ds = ds.map(load, num_parallel_calls=n_par, deterministic=True)
-        ds = ds.batch(self.batch_size, drop_remainder=self.drop_remainder)
+        ds = ds.batch(batch, drop_remainder=self.drop_remainder or count > 1)
         ds = ds.map(to_batch, num_parallel_calls=1)
         return ds.prefetch(2)
 

@@ -1,6 +1,7 @@
 """A PNG grid of augmented training samples (what the model is fed), with boxes and class names.
 
     python -m utils.data.preview --root VOCdevkit/VOC2007 --classes model_data/voc_classes.txt --out samples.png
+    python -m utils.data.preview --data my_coco/annotations/instances.json --images my_coco/images --out samples.png
 
 Its own module because it needs both the dataset (utils/data/dataset.py) and the augmenter
 the dataset imports; kept out of utils/data/augment.py so that the two never import each other.
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from utils.data.dataset import TrainDataset, records_from_args
+from utils.data.dataset import TrainDataset
+from utils.data.formats import add_data_arguments, records_from_args
 from utils.data.images import save_image
 from utils.draw import draw_detections, image_grid
 
@@ -17,19 +19,21 @@ from utils.draw import draw_detections, image_grid
 def main(argv=None):
     """Write a PNG grid of augmented training samples with their boxes and class names."""
     p = argparse.ArgumentParser(prog="python -m utils.data.preview", description=main.__doc__)
-    p.add_argument("--root", action="append", required=True, help="VOC-layout dataset root (repeatable)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--classes", required=True, help="class-name file, one per line")
+    add_data_arguments(p, split_ratios=[0.8, 0.1, 0.1])
+    p.add_argument("--split", default="train", help="split to sample (default train; 'all')")
     p.add_argument("--out", default="samples.png")
     p.add_argument("--num", type=int, default=16)
     p.add_argument("--input-size", default="416", help="S or HxW, multiples of 32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation and of a split made on the spot")
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--special", choices=["on", "off", "schedule"], default="on",
                    help="mosaic/mixup forced on, off, or per the epoch schedule")
     args = p.parse_args(argv)
 
-    records, class_names = records_from_args(args.root, args.split, args.classes)
+    try:
+        records, class_names = records_from_args(args, args.split)
+    except (ValueError, FileNotFoundError) as exc:
+        p.error(str(exc))
     ds = TrainDataset(records, num_classes=len(class_names), input_hw=args.input_size, batch_size=1,
                       seed=args.seed)
     ds.set_epoch(args.epoch)

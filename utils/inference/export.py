@@ -120,14 +120,20 @@ def _e2e_unsupported(fmt: str, nms: str) -> str:
 
 # ----------------------------------------------------------------------------- calibration
 
-def calibration_dataset(root, split, count: int, input_hw, class_names, seed: int = 0):
-    """Letterboxed calibration images from one split of a VOC root (utils.data.voc.load_voc):
-    :func:`calibration_from_records` over its records."""
-    from utils.data.voc import load_voc
+def calibration_dataset(root, split, count: int, input_hw, class_names, seed: int = 0, *, fmt=None, images=None,
+                        record=None):
+    """Letterboxed calibration images from one split of a dataset in any format (a VOC root, a
+    COCO .json or folder with ``images`` its image folder, a YOLO data.yaml or folder; ``fmt``
+    detected when None; utils.data.formats): :func:`calibration_from_records` over its
+    records. A split the files do not name is made with the training run's ratios and seed
+    (``record``: the model's ``data`` metadata), else 0.8/0.1/0.1 and 0."""
+    from utils.data.formats import data_spec, split_settings
 
-    if not os.path.isdir(root):
+    if not os.path.exists(root):
         raise ExportError(f"calibration root not found: {root}")
-    records = load_voc(root, split, class_names, check_images=False, log=lambda *a, **k: None)
+    spec = data_spec(data=root, fmt=fmt, images=images, class_names=class_names, log=None)
+    ratios, split_seed = split_settings(record, log=None)
+    records = spec.load(split, ratios, split_seed, check_images=False, log=None)
     return calibration_from_records(records, count, input_hw, seed)
 
 
@@ -305,17 +311,21 @@ def _base_meta(meta: dict, model) -> dict:
     hw = [int(v) for v in meta["input_shape"][:2]]
     class_names = [str(c) for c in meta["class_names"]]
     aps = int(meta.get("anchors_per_scale", 3))
+    # the F1-best score stored at the end of training: predict.py's default --conf for the export too
+    conf = {"conf_threshold": meta["conf_threshold"]} if meta.get("conf_threshold") else {}
     return {
         "class_names": class_names, "num_classes": len(class_names),
         "anchors": np.asarray(meta["anchors"], float).reshape(-1, 2).tolist(),
         "anchor_masks": ANCHOR_MASKS, "strides": STRIDES, "anchors_per_scale": aps,
         "input_shape": hw, "backbone": meta.get("backbone"), "alpha": meta.get("alpha"),
+        **({"data": meta["data"]} if meta.get("data") else {}),  # the training run's dataset and split (eval_map.py)
         "model_name": model.name,
         "preprocessing": {"resize": "letterbox (aspect kept, centred, utils/letterbox.py)", "pad_value": 128,
                           "color": "RGB", "range": [0, 255], "layout": "NHWC",
                           "normalisation": "inside the model (each backbone's Rescaling layer); do not divide by 255",
                           "postprocess_boxes": "unletterbox: x_src = (x_net - dx) * w / nw, y likewise"},
         "exporter": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        **conf,
     }
 
 
@@ -546,14 +556,17 @@ def _describe(path, fmt, variant, seconds, base, extra, source, reference, image
 
 def export_detector(weights, out_dir, formats=DEFAULT_FORMATS, end_to_end=False, calib_root=None,
                     calib_split="train", calib_images: int = 200, calib_seed: int = 0, stem=None,
-                    int8_heads: str = "float", calibration=None, log=print, **postprocess) -> list[ExportResult]:
+                    int8_heads: str = "float", calibration=None, log=print, calib_format=None, calib_image_dir=None,
+                    **postprocess) -> list[ExportResult]:
     """Open a ``.keras`` detector (``utils.inference.runtime.open_model``) and :func:`export_model` it.
 
     Args:
         weights: the ``.keras`` file train.py wrote (best.keras).
         out_dir, formats, end_to_end, stem, int8_heads, log: as in :func:`export_model`.
-        calib_root, calib_split, calib_images, calib_seed: the VOC root, split and number
-            of images (a seeded choice) that calibrate int8 and serve the parity check.
+        calib_root, calib_split, calib_images, calib_seed: the dataset (any format: see
+            :func:`calibration_dataset`), split and number of images (a seeded choice) that
+            calibrate int8 and serve the parity check; calib_format, calib_image_dir: its
+            format (detected when None) and the image folder of a COCO .json.
         calibration: letterboxed calibration images already made (e.g.
             :func:`calibration_from_records` over a training split), instead of calib_root.
         **postprocess: nms, score_thresh, iou_thresh, max_det, pre_nms_topk of the
@@ -572,7 +585,8 @@ def export_detector(weights, out_dir, formats=DEFAULT_FORMATS, end_to_end=False,
     log = log or (lambda *a: None)
     if calib_root and calibration is None:
         hw = tuple(int(v) for v in meta["input_shape"][:2])
-        calibration = calibration_dataset(calib_root, calib_split, calib_images, hw, meta["class_names"], calib_seed)
+        calibration = calibration_dataset(calib_root, calib_split, calib_images, hw, meta["class_names"], calib_seed,
+                                          fmt=calib_format, images=calib_image_dir, record=meta.get("data"))
         log(f"calibration: {len(calibration)} letterboxed images from {calib_root} [{calib_split}]")
     digest, _ = file_digest(weights)
     source = {"weights": weights, "sha256": digest,
@@ -582,6 +596,54 @@ def export_detector(weights, out_dir, formats=DEFAULT_FORMATS, end_to_end=False,
     stem = stem or os.path.splitext(os.path.basename(weights))[0]
     return export_model(model, meta, out_dir, formats, stem=stem, end_to_end=end_to_end, calibration=calibration,
                         source=source, int8_heads=int8_heads, log=log, **postprocess)
+
+
+@dataclasses.dataclass
+class AccuracyCheck:
+    """mAP@0.5 of one file on a validation split, and its drop from the Keras model's."""
+    name: str              # "keras" or "<format> <variant>"
+    path: str
+    map50: float
+    drop_points: float     # 100 * (keras mAP - this mAP); 0 for the Keras model
+    flagged: bool          # drop_points > max_drop
+
+
+def check_accuracy(weights, results, records, max_drop: float = 1.0, batch_size: int = 8,
+                   log=print) -> list[AccuracyCheck]:
+    """Evaluate the Keras model ``weights`` and every raw-heads export of ``results`` on
+    ``records`` (eval_map.py's code, each file through its own runtime) and flag each export
+    whose mAP@0.5 is more than ``max_drop`` points under the Keras model's.
+
+    Output parity says an export computes the same numbers on a few images; this says it
+    still finds the objects: an int8 file that finds nothing is caught at export, not on
+    the device. End-to-end variants are left out (their thresholds are fixed at export, so
+    their mAP is not comparable).
+    """
+    from utils.evaluate import evaluate_records
+    from utils.inference.detector import Detector
+
+    log = log or (lambda *a: None)
+    if not records:
+        raise ExportError("the accuracy check needs validation images; none were given")
+    keras_map = evaluate_records(Detector.from_file(weights), records, batch_size=batch_size, coco=False)["map"]
+    checks = [AccuracyCheck("keras", os.fspath(weights), float(keras_map), 0.0, False)]
+    for r in results:
+        if not r.path or r.variant != "raw":
+            continue
+        m = evaluate_records(Detector.from_file(r.path), records, batch_size=batch_size, coco=False)["map"]
+        drop = 100.0 * (keras_map - m)
+        checks.append(AccuracyCheck(r.format, r.path, float(m), drop, drop > max_drop))
+        log(f"{r.format}: mAP@0.5 {m:.4f} on {len(records)} validation images ({-drop:+.2f} points vs keras)")
+    return checks
+
+
+def format_accuracy(checks, max_drop: float) -> str:
+    """The accuracy table of :func:`check_accuracy`, a FLAGGED mark on each export over the limit."""
+    lines = [f"{'file':16s} {'mAP@0.5':>8s} {'vs keras':>9s}"]
+    for c in checks:
+        mark = f"  FLAGGED: more than {max_drop:g} points under the Keras model" if c.flagged else ""
+        lines.append(f"{c.name:16s} {c.map50:8.4f} {0.0 - c.drop_points:+8.2f}p{mark}")  # no "-0.00"
+    return "\n".join(lines)
 
 
 def set_batchnorm_stats(model, images, min_variance: float = 0.1):

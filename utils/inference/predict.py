@@ -63,12 +63,41 @@ def mask_classes(heads, keep_ids, num_classes: int, anchors_per_scale: int = 3):
     return [tf.cast(h, tf.float32) + bias for h in heads]
 
 
+# ----------------------------------------------------------------------------- threshold
+
+DEFAULT_CONF = 0.25
+
+
+def resolve_conf(conf, meta) -> tuple[float, str]:
+    """predict.py's score threshold and the line that says where it comes from.
+
+    ``conf`` given (--conf): it is used. Otherwise the model's stored F1-best score
+    (``meta["conf_threshold"]``, written at the end of training, copied into exports) when
+    there is a valid one, else 0.25. Returns ``(threshold, line)``.
+    """
+    if conf is not None:
+        return float(conf), f"conf {float(conf):g}: from --conf"
+    stored = (meta or {}).get("conf_threshold")
+    if isinstance(stored, dict):
+        score, source = stored.get("score"), stored.get("source") or "stored threshold"
+    else:
+        score, source = stored, "stored threshold"
+    try:
+        score = float(score)
+    except (TypeError, ValueError):
+        score = None
+    if score is not None and 0.0 < score <= 1.0:
+        return score, f"conf {score:.3g}: the {source}; --conf overrides"
+    return DEFAULT_CONF, (f"conf {DEFAULT_CONF:g}: the default (the model stores no F1-best score; "
+                          "eval_map.py prints it); --conf overrides")
+
+
 # ----------------------------------------------------------------------------- detection
 
 @dataclasses.dataclass
 class PredictOptions:
     """What run_predict does; the fields mirror predict.py's options."""
-    conf: float = 0.25
+    conf: float = DEFAULT_CONF  # predict.py passes resolve_conf's: the model's F1-best score by default
     iou: float = 0.45
     max_det: int = 100
     nms: str = "iou"

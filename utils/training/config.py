@@ -58,6 +58,7 @@ def save_yaml(data: dict, path) -> None:
 def build_train_parser(description: str | None = None) -> argparse.ArgumentParser:
     """train.py's options (compare.py passes them through to each run)."""
     from utils.console import add_tf_logs_argument
+    from utils.data.formats import add_data_arguments
 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file with any of these options (the command line overrides it)")
@@ -66,14 +67,11 @@ def build_train_parser(description: str | None = None) -> argparse.ArgumentParse
     d.add_argument("--demo", action="store_true",
                    help="build the synthetic demo dataset under VOCdevkit/demo if missing and train a small model on it")
     d.add_argument("--demo-images", type=int, default=300, help="images in the demo dataset (default 300)")
-    d.add_argument("--root", nargs="+", help="VOC root(s) with Annotations/, JPEGImages/, ImageSets/Main/; several combine")
-    d.add_argument("--images", help="flat layout: folder of images (with --annotations)")
-    d.add_argument("--annotations", help="flat layout: folder of VOC XML files matched to --images by file stem")
+    add_data_arguments(d, split_ratios=[0.8, 0.1, 0.1],
+                       classes_help="the dataset's own list: COCO categories, YOLO names; "
+                                    "model_data/voc_classes.txt for VOC")
     d.add_argument("--train-split", default="train", help="split name for training (default train)")
     d.add_argument("--val-split", default="val", help="split name for validation mAP (default val)")
-    d.add_argument("--split-ratios", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
-                   help="ratios used when a split file is missing or for flat folders (default 0.8 0.1 0.1)")
-    d.add_argument("--classes", help="class-list file, one name per line (default model_data/voc_classes.txt)")
     d.add_argument("--anchors", default="model_data/yolo_anchors.txt", help="anchors file (9 w,h pairs)")
     d.add_argument("--input-size", type=int, nargs="+", default=[416], help="input side, or H W; multiples of 32")
     d.add_argument("--workers", type=int, default=2, help="parallel data-loading calls (default 2)")

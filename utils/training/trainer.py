@@ -31,9 +31,21 @@ def _log(msg):
 
 # ----------------------------------------------------------------------------- data
 
-def resolve_data(args):
-    """(train_records, val_records, class_names) from the parsed options."""
-    from utils.data.voc import read_class_names
+def resolve_data(args, spec=None):
+    """(train_records, val_records, class_names) from the parsed options (``spec``: the
+    :func:`resolve_spec` of ``args`` when already made)."""
+    spec = spec or resolve_spec(args)
+    train = load_split(args, args.train_split, spec.class_names, spec=spec)
+    val = load_split(args, args.val_split, spec.class_names, log=None, spec=spec)
+    return train, val, spec.class_names
+
+
+def resolve_spec(args, log=print):
+    """The dataset train.py's options name (a utils.data.formats.DataSpec with its class list):
+    --demo's set built, VOCdevkit/VOC2007 when no dataset is given, the class list from
+    --classes, else the dataset's own (COCO, YOLO: one line says so), else
+    model_data/voc_classes.txt for VOC (filled into args.classes, so config.yaml holds it)."""
+    from utils.data import formats
 
     if args.demo:
         from utils.data.demo_data import make_demo_dataset
@@ -42,35 +54,49 @@ def resolve_data(args):
         args.root = [str(path)]
         if args.classes is None:
             args.classes = os.path.join(str(path), "demo_classes.txt")
-    if not args.root and not args.images:
+    if not formats.has_data_options(args):
         default = os.path.join("VOCdevkit", "VOC2007")
         if os.path.isdir(os.path.join(default, "Annotations")):
             args.root = [default]
         else:
             raise TrainError(
-                "no dataset given and no VOC data under VOCdevkit/VOC2007. Pass --root DIR (VOC layout) or "
+                "no dataset given and no VOC data under VOCdevkit/VOC2007. Pass --data PATH (a VOC root, a COCO "
+                ".json or folder, a YOLO data.yaml or folder), --root DIR (VOC layout) or "
                 "--images DIR --annotations DIR, or run `python train.py --demo` to build and train on "
                 "the bundled synthetic demo dataset (offline).")
-    if args.classes is None:
-        args.classes = os.path.join("model_data", "voc_classes.txt")
-    class_names = read_class_names(args.classes)
-    if args.images and not args.annotations:
-        raise TrainError("--images needs --annotations (the folder of VOC XML files)")
-    train = load_split(args, args.train_split, class_names)
-    val = load_split(args, args.val_split, class_names, log=None)
-    return train, val, class_names
+    problem = formats.data_options_problem(args)
+    if problem:
+        raise TrainError(problem)
+    default_classes = os.path.join("model_data", "voc_classes.txt")
+    spec = formats.spec_from_args(args, default_classes=default_classes, log=log)
+    if args.classes is None and spec.fmt == "voc":
+        args.classes = default_classes
+    return spec
 
 
-def load_split(args, split, class_names, log=print):
+def load_split(args, split, class_names, log=print, spec=None):
     """Records of one split of the dataset train.py's options name (after :func:`resolve_data`);
     a split missing from the files is made on the spot from --split-ratios and --seed, as for
     training, so the test split of a run is the one its training never saw."""
-    from utils.data.voc import load_flat, load_voc
+    from utils.data.formats import spec_from_args
 
-    ratios = tuple(args.split_ratios)
-    if args.images:
-        return load_flat(args.images, args.annotations, split, class_names, ratios=ratios, seed=args.seed, log=log)
-    return load_voc(args.root, split, class_names, ratio=ratios, seed=args.seed, log=log)
+    spec = spec or spec_from_args(args, class_names=class_names, log=None)
+    return spec.load(split, tuple(args.split_ratios), args.seed, log=log)
+
+
+def run_records(weights, split: str):
+    """Records of ``split`` of the dataset the run that wrote ``weights`` trained on, read from
+    the run folder's config.yaml (train.py writes it beside best.keras) with the run's own
+    split ratios and seed; None when ``weights`` has no run folder beside it."""
+    from utils.checkpoint import read_meta
+    from utils.training.config import parse_train_args
+
+    config = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.yaml")
+    if not os.path.isfile(config):
+        return None
+    args = parse_train_args(["--config", config])  # holds the data options as resolved for the run
+    # the model's classes: a COCO / YOLO run took its class list from the dataset (classes: null)
+    return load_split(args, split, read_meta(weights)["class_names"], log=None)
 
 
 # ----------------------------------------------------------------------------- model
@@ -178,6 +204,23 @@ def plan_phases(args) -> list[Phase]:
 
 # ----------------------------------------------------------------------------- run
 
+def store_conf_threshold(path, f1_best, split: str = "validation") -> dict | None:
+    """Write the F1-best score of ``f1_best`` (utils.metrics.best_f1_threshold, measured on
+    ``split``) into the metadata of the ``.keras`` file ``path`` as ``conf_threshold``:
+    predict.py's default --conf (and each export's, which copies it). Nothing is written,
+    and None returned, when there is no such score (no true positive at any score)."""
+    from utils.checkpoint import update_meta
+
+    score = (f1_best or {}).get("score")
+    if score is None or not np.isfinite(score):
+        return None
+    conf = {"score": float(score), "source": f"F1-best score on the {split} split",
+            **{k: float(f1_best[k]) for k in ("precision", "recall", "f1")},
+            **{k: int(f1_best[k]) for k in ("tp", "fp", "num_gt")}}
+    update_meta(path, conf_threshold=conf)
+    return conf
+
+
 def run(args) -> dict:
     """Train as ``args`` (train.py's options) say; returns a summary dict."""
     import keras
@@ -206,7 +249,8 @@ def run(args) -> dict:
                          "--exist-ok to overwrite it, or another --save-dir")
     os.makedirs(save_dir, exist_ok=True)
 
-    train_records, val_records, class_names = resolve_data(args)
+    spec = resolve_spec(args)
+    train_records, val_records, class_names = resolve_data(args, spec)
     anchors = load_anchors(args.anchors)
     hw = tuple(args.input_size) if len(args.input_size) == 2 else (args.input_size[0],) * 2
     if hw[0] % 32 or hw[1] % 32:
@@ -217,6 +261,8 @@ def run(args) -> dict:
     meta = {"backbone": args.backbone, "alpha": args.alpha, "neck_shortcut": args.neck_shortcut,
             **backbone_options, "class_names": class_names,
             "anchors": anchors, "input_shape": hw, "anchors_per_scale": 3}
+    # the dataset and its split, so that eval_map.py evaluates on this run's own test split
+    meta["data"] = spec.record(args.split_ratios, args.seed, (args.train_split, args.val_split, "test"))
     _log(f"train: {len(train_records)} images, val: {len(val_records)} images, {len(class_names)} classes, "
          f"input {hw[0]}x{hw[1]}, backbone {args.backbone} (alpha {args.alpha:g})")
 
@@ -327,6 +373,10 @@ def run(args) -> dict:
         _log(f"\nbest checkpoint {best} on the validation split:")
         _log(format_table(res, class_names))
         summary["final"] = {"map50": res["map"], "coco": res.get("coco")}
+        conf = store_conf_threshold(best, res.get("f1_best"), "validation")
+        if conf:
+            summary["final"]["conf_threshold"] = conf
+            _log(f"stored conf {conf['score']:.3g} ({conf['source']}) in {best}: predict.py's default --conf")
     _log(f"done in {wall / 60:.1f} min; checkpoints, log.csv and curves.png in {save_dir}")
     return summary
 
