@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tflite-int8: keep the three output convolutions in float32 (default; float input and "
                         "outputs; 1.4-1.7 points of mAP@0.5 better on BCCD) or quantize them too (int8: a "
                         "full-integer model with uint8 input, for integer-only accelerators)")
-    a = p.add_argument_group("accuracy check (every export's mAP@0.5 beside the Keras model's)")
-    a.add_argument("--val-data", help="VOC root of the validation images (default: the split of the training run "
-                                      "whose config.yaml is beside --weights)")
+    a = p.add_argument_group("accuracy check (every export's mAP@0.5 beside the Keras model's; the validation "
+                             "images: --val-data in any format, as train.py's --data, with the model's class "
+                             "names; default: the split of the training run whose config.yaml is beside --weights)")
+    add_data_arguments(a, prefix="val-", voc_options=False, classes=False)
     a.add_argument("--val-split", default="val", help="split to evaluate on (default val)")
     a.add_argument("--max-map-drop", type=float, default=1.0,
                    help="flag an export whose mAP@0.5 is more than this many points under the Keras model's "
@@ -105,8 +106,11 @@ def main(argv=None) -> int:
     try:
         if args.val_data:
             from utils.checkpoint import read_meta
-            from utils.data.voc import load_voc
-            records = load_voc(args.val_data, args.val_split, read_meta(args.weights)["class_names"], log=None)
+            from utils.data.formats import model_split_records
+            meta = read_meta(args.weights)
+            # any format; a split the files do not name is made with the model's recorded ratios and seed
+            data = argparse.Namespace(data=args.val_data, format=args.val_format, images=args.val_images)
+            records = model_split_records(data, args.val_split, meta["class_names"], meta.get("data"), log=None)
         else:
             records = run_records(args.weights, args.val_split)
         if records is None:

@@ -1,12 +1,21 @@
-"""Augmented training images per second of utils/data/dataset.py (mosaic + mixup on).
+"""Augmented training images per second of utils/data/dataset.py (mosaic + mixup on), and
+records per second of loading BCCD from each dataset format.
 
     python benchmarks/data_throughput.py                       # BCCD train, 416x416, tf.data x2
     python benchmarks/data_throughput.py --compare             # also PyDataset threads/processes, serial
 
 Mosaic/mixup are forced on with the default probabilities (mosaic 0.5, mixup 0.5 of the
 mosaics), i.e. the first 70% of a training run. Targets are built too: the figure is what
-the trainer receives. The first batch (start-up) is not timed. Prints the figures and
-records them in docs/benchmarks.md (section "Data throughput"; --no-record to skip).
+the trainer receives. The first batch (start-up) is not timed.
+
+Loading: BCCD (the whole set, every split) is converted to COCO and YOLO in a temporary folder
+(utils.data.convert, images hard-linked) and utils.data.formats.load_records is timed on each
+format, with the image headers only (check_images=False: the annotation parsing) and with each
+image decoded too (check_images=True, what train.py does), the median of --load-rounds; the
+three loads must give the same images, classes and boxes (within a pixel). --no-formats skips it.
+
+Prints the figures and records them in docs/benchmarks.md (section "Data throughput";
+--no-record to skip).
 """
 from __future__ import annotations
 
@@ -56,6 +65,48 @@ def iterate(ds, backend, batches, workers):
     return n / dt
 
 
+def format_loading(root, classes, rounds=3):
+    """Lines of records/s of load_records on ``root`` (a VOC root) and its COCO and YOLO copies."""
+    import tempfile
+
+    import numpy as np
+
+    from utils.data.convert import convert
+    from utils.data.formats import load_records
+
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"voc": str(root)}
+        t0 = time.perf_counter()
+        for fmt in ("coco", "yolo"):
+            paths[fmt] = os.path.join(tmp, fmt)
+            convert(root, paths[fmt], fmt, class_names=classes, link=True, check_images=False, log=None)
+        print(f"  converted {root} to COCO and YOLO in {time.perf_counter() - t0:.1f} s", flush=True)
+        loaded = {}
+        for check_images in (False, True):
+            for fmt, path in paths.items():
+                times = []
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    records = load_records(path, None, classes, fmt=fmt, check_images=check_images, log=None)
+                    times.append(time.perf_counter() - t0)
+                loaded[fmt] = sorted(records, key=lambda r: r.image_id)
+                n, boxes, mid = len(records), sum(len(r.boxes) for r in records), sorted(times)[len(times) // 2]
+                line = (f"load {fmt:<4} {n} images, {boxes} boxes, check_images={str(check_images):<5}: "
+                        f"{n / mid:7.0f} records/s ({1000 * mid:6.0f} ms"
+                        + (f", median of {rounds}" if rounds > 1 else "") + ")")
+                print(line, flush=True)
+                lines.append(line)
+        same = all(len(loaded[f]) == len(loaded["voc"]) and all(
+            a.image_id == b.image_id and np.array_equal(a.labels, b.labels)
+            and np.allclose(a.boxes, b.boxes, atol=1.0) for a, b in zip(loaded[f], loaded["voc"]))
+            for f in ("coco", "yolo"))
+        lines.append(f"COCO and YOLO copies give the VOC records (images, classes, boxes within 1 px): "
+                     f"{'yes' if same else 'NO'}")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "BCCD"))
@@ -68,8 +119,12 @@ def main(argv=None):
     p.add_argument("--backend", choices=["tfdata", "threads", "processes", "serial"], default="tfdata")
     p.add_argument("--compare", action="store_true", help="measure every backend")
     p.add_argument("--rounds", type=int, default=1, help="repeat (backends interleaved); the median is reported")
+    p.add_argument("--load-rounds", type=int, default=3, help="repeats of each format's load (the median is reported)")
+    p.add_argument("--no-formats", action="store_true", help="skip the loading throughput of each format")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
+
+    load_lines = [] if args.no_formats else format_loading(args.root, args.classes, args.load_rounds)
 
     from utils.data.dataset import TrainDataset, records_from_args
     records, class_names = records_from_args([args.root], args.split, args.classes)
@@ -92,7 +147,9 @@ def main(argv=None):
         print(line, flush=True)
         lines.append(line)
     if not args.no_record:
-        record(SECTION, command_line("data_throughput.py", argv), lines)
+        record(SECTION, command_line("data_throughput.py", argv), lines,
+               *(["Loading BCCD (every split) from each format, utils.data.formats.load_records; COCO and YOLO "
+                  "are copies made by utils.data.convert:", load_lines] if load_lines else []))
 
 
 if __name__ == "__main__":

@@ -257,20 +257,25 @@ class YoloTrainer(keras.Model):
         return total
 
     # -- MultiWorkerMirroredStrategy: two Keras 3.15 (TF backend) steps fail under it as they are.
-    # 1. fit() reduces the first distributed batch with strategy.reduce("MEAN") only to learn its
-    #    shapes for a symbolic build, and that reduce raises "Attempt to convert a value
-    #    (PerReplica...)" with one replica per worker. train.py builds the model and the
-    #    optimizer before fit, so there is nothing to build: the step is skipped then.
+    # 1. fit() reduces the first distributed batch with strategy.reduce("MEAN", axis=None) only to
+    #    learn its shapes for a symbolic build, and that reduce raises "Attempt to convert a value
+    #    (PerReplica...)" with one replica per worker: the shapes are taken from this worker's
+    #    first replica instead (the same shapes; nothing else differs from Keras' method).
     # 2. The step's logs are reduced with strategy.reduce("MEAN", v, axis=0), which fails on
     #    scalars ("Invalid reduction dimension 0"): the logs leave the step as 1-vectors, and
     #    the mean over axis 0 gives the scalar back.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        built = (all(layer.built for layer in self._flatten_layers())
-                 and (self._compile_metrics is None or self._compile_metrics.built)
-                 and (self._compile_loss is None or self._compile_loss.built))
-        if built and _multi_worker(self.distribute_strategy):
-            return None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        strategy = self.distribute_strategy
+        if not _multi_worker(strategy):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
 
     def train_step(self, data):
         return _vector_logs(super().train_step(data), self.distribute_strategy)

@@ -77,11 +77,17 @@ def test_voc_annotation_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
     assert rows["train"][1:3] == ["6", "0"] and rows["test"][1] == "2" and rows["trainval"][1] == "8"
-    assert voc_annotation.main(["check", "--root", str(root), "--classes", str(classes)]) == 0
-    assert "0 problem(s) found" in capsys.readouterr().out
+    # 'dog' has no box: the teachability findings close the check, which exits with 1
+    assert voc_annotation.main(["check", "--root", str(root), "--classes", str(classes)]) == 1
+    out = capsys.readouterr().out
+    assert "0 problem(s) found" in out
+    assert "fatal: 1 class(es) of the class list have no box in the dataset (every split): 'dog'" in out
+    assert out.index("0 problem(s) found") < out.index("teachability of the dataset")  # after the usual output
+    classes.write_text("cat\n")
     assert voc_annotation.main(["check", "--images", str(root / "JPEGImages"), "--annotations",
                                 str(root / "Annotations"), "--classes", str(classes)]) == 0
-    assert "loaded 10 images with 10 boxes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "loaded 10 images with 10 boxes" in out and "teachability of the dataset (every split): no finding" in out
     assert voc_annotation.main(["--root", str(tmp_path / "missing"), "--classes", str(classes)]) == 2
     err = capsys.readouterr().err
     assert "dataset root not found" in err and str(tmp_path / "missing") in err
@@ -217,3 +223,124 @@ def test_check_of_coco_and_yolo_sets(tmp_path, capsys):
     assert "pass the class list file (--classes FILE)" in capsys.readouterr().err
     assert voc_annotation.main(["--data", str(d["coco"])]) == 2
     assert "splitting needs one VOC root" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- teachability
+
+from utils.data.check import anchor_fit, anchors_command, nearest_class, teachability  # noqa: E402
+from utils.data.voc import ReportLog, load_voc  # noqa: E402
+from utils.targets import DEFAULT_ANCHORS_PATH, load_anchors  # noqa: E402
+
+HW = (416, 416)
+
+
+def _teach(root, classes, split="train", **kw):
+    """teachability of a VOC root's split, the report kept as train.py keeps it."""
+    log = ReportLog()
+    records = load_voc(root, split, classes, check_images=False, log=log)
+    return teachability(records, classes, load_anchors(), HW, log.reports[-1], **kw), records
+
+
+def _blood(tmp_path, name="rbc", n=6, size=(640, 480), box=(100, 100, 160, 150)):
+    return make_root(tmp_path / "B", {f"b{k}": voc_xml([(name, box, 0)], size=size) for k in range(n)},
+                     image_sizes={f"b{k}": size for k in range(n)})
+
+
+def test_nearest_class_case_then_difflib():
+    names = ["RBC", "WBC", "Platelets"]
+    assert nearest_class("rbc", names) == "RBC"
+    assert nearest_class("platelet", names) == "Platelets"
+    assert nearest_class("dog", names) is None
+
+
+def test_unknown_class_names_are_fatal_with_the_nearest_name(tmp_path):
+    root = _blood(tmp_path, "rbc")
+    f, records = _teach(root, ["RBC"])
+    assert sum(len(r.boxes) for r in records) == 0 and len(f.fatal) == 2
+    text = f.format()
+    assert "class name 'rbc' in the annotations is not in the class list: 6 box(es) dropped; did you mean 'RBC'?" \
+        in text
+    assert "fatal: most boxes of the training split are dropped as classes not in the class list: 6 of 6 (100%)" \
+        in text
+    assert "fatal: no usable box in the training split (6 image(s): 6 box(es) dropped)" in text
+    assert "6 image(s) lost every box" in text  # a warning: they train as images with nothing to find
+    # a minority of unknown boxes only warns
+    for k in range(6):
+        objects = [("RBC", (100, 100, 160, 150), 0), ("RBC", (200, 100, 260, 150), 0)]
+        (root / "Annotations" / f"b{k}.xml").write_text(
+            voc_xml(objects + [("rbc", (10, 10, 60, 60), 0)] * (k == 0), size=(640, 480)))
+    f, _ = _teach(root, ["RBC"])
+    assert not f.fatal and [w.kind for w in f.warnings] == ["unknown class"]
+    assert "1 box(es) dropped; did you mean 'RBC'?" in f.warnings[0].message
+
+
+def test_unknown_class_names_in_coco_and_yolo_copies(tmp_path, capsys):
+    """The same finding from every format: the loaders' reports carry the per-class counts."""
+    from utils.data.convert import convert
+
+    root = _blood(tmp_path, "rbc")
+    classes = tmp_path / "upper.txt"
+    classes.write_text("RBC\n")
+    for fmt in ("coco", "yolo"):
+        convert(root, tmp_path / fmt, fmt, class_names=["rbc"], link=True, check_images=False, log=None)
+        assert voc_annotation.main(["check", "--data", str(tmp_path / fmt), "--classes", str(classes)]) == 1, fmt
+        out = capsys.readouterr().out
+        assert "class name 'rbc' in the annotations is not in the class list: 6 box(es) dropped; " \
+               "did you mean 'RBC'?" in out, fmt
+        assert "fatal: no usable box in the dataset (every split)" in out, fmt
+        assert "6 image(s) lost every box" in out, fmt
+    assert voc_annotation.main(["check", "--root", str(root), "--classes", str(classes)]) == 1
+    assert "did you mean 'RBC'?" in capsys.readouterr().out
+
+
+def test_a_class_without_a_training_box_is_fatal(tmp_path):
+    root = make_root(tmp_path / "V", {f"i{k}": voc_xml([("cat", (2, 2, 40, 40), 0)]) for k in range(4)})
+    f, _ = _teach(root, ["cat", "dog"])
+    assert [x.kind for x in f.fatal] == ["class without box"]
+    assert "have no box in the training split: 'dog'" in f.fatal[0].line()
+    # difficult boxes do not teach: a class with difficult boxes only has no usable box
+    (root / "Annotations" / "i0.xml").write_text(voc_xml([("cat", (2, 2, 40, 40), 0), ("dog", (2, 2, 40, 40), 1)]))
+    f, _ = _teach(root, ["cat", "dog"])
+    assert [x.kind for x in f.fatal] == ["class without box"]
+
+
+def test_tiny_boxes_warn_with_the_share_and_the_anchors_command(tmp_path):
+    import argparse
+
+    root = _blood(tmp_path, "RBC", n=4, box=(100, 100, 102, 102))  # 2x2 px in 640x480: 1.3 px at 416
+    args = argparse.Namespace(root=[str(root)], data=None, format=None, images=None, annotations=None,
+                              classes="my classes.txt", split_ratios=[0.7, 0.2, 0.1], seed=3)
+    cmd = anchors_command(args, HW, split="train")
+    assert cmd == (f"python -m utils.data.anchors --root {root} --classes 'my classes.txt' --split-ratios 0.7 0.2 "
+                   "0.1 --seed 3 --input-size 416 --out model_data/my_anchors.txt")
+    f, records = _teach(root, ["RBC"], command=cmd, anchors_path=DEFAULT_ANCHORS_PATH)
+    assert not f.fatal and [w.kind for w in f.warnings] == ["anchor fit"]
+    line = f.warnings[0].line()
+    assert line.startswith("warning: 100% of the boxes (4 of 4; 4 smaller) fit no anchor of "
+                           f"{DEFAULT_ANCHORS_PATH} at 416x416 (best anchor shape IoU < 0.25)")
+    assert line.endswith(f"{cmd} and train with --anchors model_data/my_anchors.txt")
+    fit = anchor_fit(records, load_anchors(), HW)
+    assert (fit["boxes"], fit["poor"], fit["smaller"], fit["larger"]) == (4, 4, 4, 0)
+    # boxes larger than every anchor at a small input: 600x450 of 640x480 at 416 vs a tiny anchor set
+    tiny = np.array([[2, 2]] * 9, np.float32)
+    big = teachability(records[:0] + [VocRecord("x.jpg", np.array([[0, 0, 600, 450]], np.float32),
+                                                np.array([0], np.int32), np.zeros(1, bool), 640, 480)],
+                       ["RBC"], tiny, HW)
+    assert "(1 of 1; 1 larger)" in big.warnings[0].message
+    assert anchors_command(None, (320, 416)).endswith(
+        "--data PATH --input-size 320x416 --out model_data/my_anchors.txt")
+
+
+def test_a_clean_set_has_no_finding(tmp_path):
+    root = _blood(tmp_path, "RBC", n=4)
+    f, _ = _teach(root, ["RBC"])
+    assert f.items == [] and f.format() == "teachability of the training split: no finding"
+
+
+def test_images_that_lose_every_box_are_named(tmp_path):
+    root = make_root(tmp_path / "V", {"good": voc_xml([("cat", (2, 2, 40, 40), 0)]),
+                                      "flat": voc_xml([("cat", (5, 5, 5, 30), 0)]),  # zero-area: dropped
+                                      "empty": voc_xml([])})  # a negative by intent: not a finding
+    f, _ = _teach(root, ["cat"])
+    assert [w.kind for w in f.warnings] == ["all boxes dropped"] and not f.fatal
+    assert "1 image(s) lost every box" in f.warnings[0].message and "flat.jpg" in f.warnings[0].message

@@ -426,6 +426,14 @@ def test_cli_checks_the_exports_on_the_training_runs_validation_split(tmp_path, 
                             str(demo), "--val-split", "test"]) == 0
     assert f"accuracy on {len(load_voc(demo, 'test', classes, log=None))} validation images ({demo} [test])" \
         in capsys.readouterr().out
+    # --val-data takes every format (utils.data.formats), with the model's class names
+    from utils.data.convert import convert
+    for fmt in ("coco", "yolo"):
+        convert(demo, tmp_path / fmt, fmt, class_names=classes, link=True, check_images=False, log=None)
+        assert export_cli.main(["--weights", lone, "--formats", "onnx", "--out-dir", str(out), "--val-data",
+                                str(tmp_path / fmt), "--val-split", "test"]) == 0, fmt
+        assert (f"accuracy on {len(load_voc(demo, 'test', classes, log=None))} validation images "
+                f"({tmp_path / fmt} [test])") in capsys.readouterr().out, fmt
 
 
 def test_calibration_from_coco_and_yolo_copies_is_the_voc_one(demo, calib, classes, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("nets", "utils")
-CLIS = ("train.py", "predict.py", "eval_map.py", "export.py", "compare.py", "voc_annotation.py")
+CLIS = ("train.py", "predict.py", "eval_map.py", "export.py", "compare.py", "classify.py", "voc_annotation.py")
 DATA_PIPELINE = ("utils.data", "utils.inference", "utils.training", "cv2", "PIL", "defusedxml")
 
 

@@ -160,3 +160,35 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(demo_
     assert json.loads((save / "resume.json").read_text())["epoch"] == 1
     model, _ = ck.load_detector(save / "last.keras")
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_unteachable_data_stops_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    """Class names 'rbc' in the files, 'RBC' in the class list: exit 2 with the findings, no model
+    built, nothing written to the run folder; --allow-unteachable goes on (stopped right after
+    the check by a model builder that raises)."""
+    import nets.yolo
+    from _data_helpers import make_root, voc_xml
+
+    root = make_root(tmp_path / "B", {f"b{k}": voc_xml([("rbc", (100, 100, 160, 150), 0)], size=(640, 480))
+                                      for k in range(6)}, image_sizes={f"b{k}": (640, 480) for k in range(6)})
+    (root / "ImageSets" / "Main" / "val.txt").write_text("b0\n")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("RBC\n")
+    built = []
+
+    def no_model(*a, **kw):
+        built.append(1)
+        raise RuntimeError("model building reached")
+
+    monkeypatch.setattr(nets.yolo, "yolo_body", no_model)
+    save = tmp_path / "run"
+    argv = ["--root", str(root), "--classes", str(classes), *SMALL, "--save-dir", str(save)]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'RBC'?" in err and "'rbc'" in err and "--allow-unteachable" in err
+    assert not built and not (save.exists() and list(save.iterdir()))  # no config.yaml, no checkpoint
+    with pytest.raises(RuntimeError, match="model building reached"):
+        train.main(argv + ["--allow-unteachable"])
+    out = capsys.readouterr().out
+    assert "fatal: no usable box in the training split (train)" in out and "training anyway" in out
+    assert built == [1] and not any((save / n).exists() for n in ("best.keras", "last.keras", "resume.json"))

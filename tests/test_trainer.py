@@ -281,3 +281,57 @@ def test_a_short_run_records_its_split_and_eval_map_uses_it(tmp_path, monkeypatc
     assert eval_map.main(["--weights", str(save / "best.keras"), "--no-coco", "--save-dir", str(tmp_path / "ev")]) == 0
     assert sorted(r.image_id for r in seen[-1]) == want
     assert "the test split of the training run's dataset" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- teachability at the start of train.py
+
+def _rbc_root(tmp_path, name="rbc", box=(100, 100, 160, 150)):
+    """A VOC root of 6 train images whose boxes are of class ``name``; the class list file says RBC."""
+    from _data_helpers import make_root, voc_xml
+
+    root = make_root(tmp_path / "B", {f"b{k}": voc_xml([(name, box, 0)], size=(640, 480)) for k in range(6)},
+                     image_sizes={f"b{k}": (640, 480) for k in range(6)})
+    (root / "ImageSets" / "Main" / "val.txt").write_text("b0\n")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("RBC\n")
+    return root, classes
+
+
+def test_check_teachability_stops_on_unknown_class_names_unless_allowed(tmp_path):
+    from utils.training.trainer import check_teachability, resolve_spec
+
+    root, classes = _rbc_root(tmp_path)
+    args = train.parse_args(["--root", str(root), "--classes", str(classes)])
+    spec = resolve_spec(args, log=None)
+    tr, _, names = resolve_data(args, spec)
+    with pytest.raises(TrainError) as exc:
+        check_teachability(args, spec, tr, names)
+    msg = str(exc.value)
+    assert "class name 'rbc' in the annotations is not in the class list: 6 box(es) dropped; did you mean 'RBC'?" in msg
+    assert "fatal: no usable box in the training split (train)" in msg and "--allow-unteachable" in msg
+    lines = []
+    args.allow_unteachable = True
+    found = check_teachability(args, spec, tr, names, log=lines.append)
+    assert len(found.fatal) == 2 and "did you mean 'RBC'?" in lines[0]
+    assert lines[-1].startswith("--allow-unteachable: training anyway")
+
+
+def test_check_teachability_warns_on_tiny_boxes_and_goes_on(tmp_path):
+    from utils.training.trainer import check_teachability, resolve_spec
+
+    root, classes = _rbc_root(tmp_path, "RBC", box=(100, 100, 102, 102))
+    args = train.parse_args(["--root", str(root), "--classes", str(classes), "--input-size", "416", "--seed", "2"])
+    spec = resolve_spec(args, log=None)
+    tr, _, names = resolve_data(args, spec)
+    lines = []
+    found = check_teachability(args, spec, tr, names, log=lines.append)
+    assert not found.fatal and [w.kind for w in found.warnings] == ["anchor fit"]
+    assert (f"fit anchors to the data: python -m utils.data.anchors --root {root} --classes {classes} --seed 2 "
+            "--input-size 416 --out model_data/my_anchors.txt") in lines[0]
+    # a clean set: one line, no finding
+    root, classes = _rbc_root(tmp_path / "clean", "RBC")
+    args = train.parse_args(["--root", str(root), "--classes", str(classes)])
+    spec = resolve_spec(args, log=None)
+    lines = []
+    assert check_teachability(args, spec, resolve_data(args, spec)[0], ["RBC"], log=lines.append).items == []
+    assert lines == ["teachability of the training split (train): no finding"]

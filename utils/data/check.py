@@ -13,9 +13,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from utils.data.voc import (SPLIT_FILES, DatasetError, LoadReport, Log, VocRecord, _class_list, _flat_entries,
-                            _load_entries, _roots, _voc_entries, load_voc, normalize_ratios, read_split_file,
-                            split_ids)
+from utils.data.voc import (SPLIT_FILES, DatasetError, LoadReport, Log, ReportLog, VocRecord, _class_list,
+                            _flat_entries, _load_entries, _roots, _voc_entries, load_voc, normalize_ratios,
+                            read_split_file, split_ids)
 
 # COCO's area thresholds (pixels^2) for small / medium / large objects.
 COCO_SMALL, COCO_MEDIUM = 32 ** 2, 96 ** 2
@@ -153,11 +153,10 @@ def check_data(spec, check_images: bool = True) -> CheckResult:
         if len(spec.paths) != 1:
             raise DatasetError("check one VOC root at a time")
         return check_dataset(spec.class_names, root=spec.paths[0], check_images=check_images)
-    lines = []
-    records = spec.load(None, check_images=check_images, log=lines.append)
-    report = LoadReport(spec.describe())
-    report.notes = [m for m in lines[:-1] if not m.startswith("warning: ")]
-    report.problems = [("problem", m[len("warning: "):]) for m in lines[:-1] if m.startswith("warning: ")]
+    log = ReportLog()  # keeps the load's own report (its counts feed the teachability check)
+    records = spec.load(None, check_images=check_images, log=log)
+    lines = log.lines
+    report = log.reports[-1] if log.reports else LoadReport(spec.describe())
     splits = named_splits(spec.paths[0], spec.fmt)
     split_problems = []
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -196,3 +195,207 @@ def write_splits(root, class_names, ratios=(0.8, 0.1, 0.1), seed: int = 0, *, ov
         log(f"wrote {', '.join(str(main / f'{n}.txt') for n in parts)} (ratios {ratios}, seed {seed})")
         log(format_split_table({n: [by_id[i] for i in ids] for n, ids in parts.items()}, names))
     return parts
+
+
+# ----------------------------------------------------------------------------- teachability
+
+# Thresholds of :func:`teachability`.
+ANCHOR_IOU_MIN = 0.25  # a box whose best anchor shape IoU is under this fits no anchor
+ANCHOR_WARN_SHARE = 0.10  # warn when more than this share of the boxes fits no anchor
+UNKNOWN_FATAL_SHARE = 0.5  # fatal when more than this share of the boxes is dropped as unknown classes
+DEFAULT_ANCHORS_OUT = "model_data/my_anchors.txt"
+
+
+@dataclasses.dataclass
+class Finding:
+    """One teachability finding: ``fatal`` (the data cannot teach anything) or a warning."""
+    fatal: bool
+    kind: str  # unknown class, unknown majority, no box, class without box, anchor fit, all boxes dropped
+    message: str
+
+    def line(self) -> str:
+        return f"{'fatal' if self.fatal else 'warning'}: {self.message}"
+
+
+@dataclasses.dataclass
+class Findings:
+    """The findings of :func:`teachability` about ``where`` (e.g. "the training split")."""
+    items: list
+    where: str = "the training split"
+
+    @property
+    def fatal(self) -> list:
+        return [f for f in self.items if f.fatal]
+
+    @property
+    def warnings(self) -> list:
+        return [f for f in self.items if not f.fatal]
+
+    def lines(self) -> list[str]:
+        return [f.line() for f in self.items]
+
+    def format(self) -> str:
+        """A heading line, then one line per finding (fatal ones first)."""
+        if not self.items:
+            return f"teachability of {self.where}: no finding"
+        head = f"teachability of {self.where}: {len(self.fatal)} fatal, {len(self.warnings)} warning(s)"
+        if self.fatal:
+            head += " — the data cannot teach anything as it is"
+        return "\n".join([head] + [f"  {f.line()}" for f in self.fatal + self.warnings])
+
+
+def nearest_class(name: str, class_names: Sequence[str]) -> str | None:
+    """The class-list name ``name`` most likely means: the same name in another case, else the
+    closest by difflib (ratio >= 0.6, case-insensitive); None when none is close."""
+    import difflib
+
+    same = [c for c in class_names if c.lower() == str(name).lower()]
+    if same:
+        return same[0]
+    lowered = {c.lower(): c for c in class_names}
+    close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def anchor_fit(records: Sequence[VocRecord], anchors, input_hw) -> dict:
+    """How the non-difficult boxes fit the anchors at ``input_hw``: boxes letterboxed to the
+    input as utils.data.anchors.box_shapes does, shape IoU (utils.boxes.wh_iou) with the best
+    anchor. Returns {"boxes", "poor" (best IoU < ANCHOR_IOU_MIN), "smaller", "larger" (of the
+    poor ones: smaller / larger in area than their best anchor), "share", "mean_best_iou"}."""
+    from utils.boxes import wh_iou
+    from utils.data.anchors import box_shapes
+
+    wh = box_shapes(records, tuple(input_hw))
+    anchors = np.asarray(anchors, np.float32).reshape(-1, 2)
+    if not len(wh):
+        return {"boxes": 0, "poor": 0, "smaller": 0, "larger": 0, "share": 0.0, "mean_best_iou": float("nan")}
+    iou = wh_iou(wh, anchors)
+    best = iou.max(axis=1)
+    poor = best < ANCHOR_IOU_MIN
+    smaller = poor & (wh.prod(axis=1) < anchors[iou.argmax(axis=1)].prod(axis=1))
+    return {"boxes": int(len(wh)), "poor": int(poor.sum()), "smaller": int(smaller.sum()),
+            "larger": int((poor & ~smaller).sum()), "share": float(poor.mean()), "mean_best_iou": float(best.mean())}
+
+
+def anchors_command(args=None, input_hw=(416, 416), *, split: str | None = None, out: str = DEFAULT_ANCHORS_OUT) -> str:
+    """The ``python -m utils.data.anchors`` command that fits anchors to the dataset the data
+    options of ``args`` (utils.data.formats.add_data_arguments) name, at ``input_hw``; with
+    ``split`` (and args.split_ratios / args.seed when not the defaults) for a training split."""
+    import shlex
+
+    def opt(name):
+        return getattr(args, name, None) if args is not None else None
+
+    parts = ["python", "-m", "utils.data.anchors"]
+    if opt("root"):
+        parts += ["--root", *map(str, opt("root"))]
+    for name in ("data", "format", "images", "annotations", "classes"):
+        if opt(name):
+            parts += [f"--{name}", str(opt(name))]
+    if not any(opt(n) for n in ("root", "data", "images", "annotations")):
+        parts += ["--data", "PATH"]
+    if split not in (None, "train"):
+        parts += ["--split", split]
+    ratios = opt("split_ratios")
+    if split is not None and ratios and any(abs(float(a) - b) > 1e-9 for a, b in zip(ratios, (0.8, 0.1, 0.1))):
+        parts += ["--split-ratios", *(f"{float(r):g}" for r in ratios)]
+    if split is not None and opt("seed"):
+        parts += ["--seed", str(opt("seed"))]
+    h, w = (int(v) for v in input_hw)
+    parts += ["--input-size", str(h) if h == w else f"{h}x{w}", "--out", out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _names(names: Sequence[str], most: int = 12) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def teachability(train_records: Sequence[VocRecord], class_names, anchors, input_hw,
+                 load_report: LoadReport | None = None, *, where: str = "the training split",
+                 command: str | None = None, anchors_path: str | None = None,
+                 anchors_out: str = DEFAULT_ANCHORS_OUT) -> Findings:
+    """Why a model trained on ``train_records`` would find nothing, before it trains.
+
+    Findings, one line each: class names of the annotations not in the class list, with the
+    nearest class-list name and the boxes dropped (needs ``load_report``, the LoadReport of
+    the load that made the records, e.g. through utils.data.voc.ReportLog); classes of the
+    class list without a (non-difficult) box; the share of boxes that fit no anchor at
+    ``input_hw`` (best shape IoU < ANCHOR_IOU_MIN, see :func:`anchor_fit`) with ``command``,
+    the utils.data.anchors command that writes anchors fitted to the data to ``anchors_out``
+    (:func:`anchors_command`; ``anchors_path`` names the anchors checked);
+    images whose boxes were all dropped. Fatal: no usable box at all; a class without a box;
+    more than UNKNOWN_FATAL_SHARE of the boxes dropped as unknown classes. The rest warn.
+    """
+    names = _class_list(class_names)
+    items: list[Finding] = []
+    labels = [np.asarray(r.labels).reshape(-1) for r in train_records]
+    usable = [lab[~np.asarray(r.difficult, bool).reshape(-1)] if r.difficult is not None and len(r.difficult)
+              else lab for r, lab in zip(train_records, labels)]
+    all_labels = np.concatenate(usable) if usable else np.zeros(0, np.int64)
+    per_class = np.bincount(all_labels.astype(np.int64), minlength=len(names)) if len(all_labels) \
+        else np.zeros(len(names), np.int64)
+    n_difficult = sum(len(lab) for lab in labels) - len(all_labels)
+
+    # class names not in the class list (counts from the load's report)
+    unknown = collections.Counter()
+    dropped_total = 0
+    if load_report is not None:
+        unknown.update(load_report.unknown_boxes)
+        for name, (boxes, _, _) in load_report.unknown.items():
+            unknown[name] = max(unknown[name], boxes)
+        dropped_total = sum(load_report.boxes_dropped.values())
+    annotated = sum(len(lab) for lab in labels) + dropped_total
+    for name, n in unknown.most_common():
+        hint = nearest_class(name, names)
+        items.append(Finding(False, "unknown class",
+                             f"class name {name!r} in the annotations is not in the class list: {n} box(es) dropped"
+                             + (f"; did you mean {hint!r}? (rename it in the annotations or the class list)"
+                                if hint else "; add it to the class list if the model should learn it")))
+    n_unknown = sum(unknown.values())
+    if annotated and n_unknown / annotated > UNKNOWN_FATAL_SHARE:
+        items.append(Finding(True, "unknown majority",
+                             f"most boxes of {where} are dropped as classes not in the class list: {n_unknown} of "
+                             f"{annotated} ({100 * n_unknown / annotated:.0f}%)"))
+
+    # no box at all, classes without a box
+    if not len(all_labels):
+        why = []
+        if dropped_total:
+            why.append(f"{dropped_total} box(es) dropped")
+        if n_difficult:
+            why.append(f"{n_difficult} difficult box(es), which training leaves out")
+        items.append(Finding(True, "no box", f"no usable box in {where} ({len(train_records)} image(s)"
+                             + (": " + ", ".join(why) if why else "") + "): the model would learn that there "
+                             "is never anything to find"))
+    else:
+        missing = [n for n, c in zip(names, per_class) if c == 0]
+        if missing:
+            items.append(Finding(True, "class without box",
+                                 f"{len(missing)} class(es) of the class list have no box in {where}: "
+                                 f"{_names(missing)} (the model cannot learn them; fix the class list or the "
+                                 "annotations)"))
+
+    # boxes that fit no anchor
+    if anchors is not None and len(all_labels):
+        fit = anchor_fit(train_records, anchors, input_hw)
+        if fit["boxes"] and fit["share"] > ANCHOR_WARN_SHARE:
+            h, w = (int(v) for v in input_hw)
+            sides = ", ".join(s for s in (f"{fit['smaller']} smaller" if fit["smaller"] else "",
+                                          f"{fit['larger']} larger" if fit["larger"] else "") if s)
+            src = f" of {anchors_path}" if anchors_path else ""
+            cmd = command or anchors_command(None, input_hw, out=anchors_out)
+            items.append(Finding(False, "anchor fit",
+                                 f"{100 * fit['share']:.0f}% of the boxes ({fit['poor']} of {fit['boxes']}; {sides}) "
+                                 f"fit no anchor{src} at {h}x{w} (best anchor shape IoU < {ANCHOR_IOU_MIN:g}); fit "
+                                 f"anchors to the data: {cmd} and train with --anchors {anchors_out}"))
+
+    # images whose boxes were all dropped
+    if load_report is not None and load_report.dropped_in:
+        kept = {r.image_path: len(lab) for r, lab in zip(train_records, labels)}
+        lost = [p for p in load_report.dropped_in if kept.get(p) == 0]
+        if lost:
+            items.append(Finding(False, "all boxes dropped",
+                                 f"{len(lost)} image(s) lost every box to the problems above and train as images "
+                                 f"with nothing to find (first: {lost[0]})"))
+    return Findings(items, where)

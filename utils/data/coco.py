@@ -242,6 +242,7 @@ def load_coco(json_path, images_dir, split: str | None, class_names, *, ratios=(
                                         "trusting the image")
         boxes, labels, difficult = [], [], []
         unknown_here = set()
+        dropped_before = sum(report.boxes_dropped.values())
         for a in by_image.get(iid, ()):
             what = f"{json_path}: annotation {a.get('id')} ({fname})"
             cid = a.get("category_id")
@@ -289,6 +290,8 @@ def load_coco(json_path, images_dir, split: str | None, class_names, *, ratios=(
         records.append(VocRecord(str(path), np.asarray(boxes, np.float32).reshape(-1, 4),
                                  np.asarray(labels, np.int32), np.asarray(difficult, bool), width, height,
                                  str(json_path)))
+        if sum(report.boxes_dropped.values()) > dropped_before:
+            report.dropped_in[str(path)] += sum(report.boxes_dropped.values()) - dropped_before
         report.images_loaded += 1
         report.boxes_kept += len(boxes)
 
@@ -296,6 +299,7 @@ def load_coco(json_path, images_dir, split: str | None, class_names, *, ratios=(
         report.add("unknown category id", f"{json_path}: category_id {cid} is not in 'categories': {n} box(es) "
                                           f"dropped (first: annotation id {aid} on {fname})")
     for name, (n, n_images, cid) in unknown_name.items():
+        report.unknown_boxes[name] += n
         hint = [c for c in class_index if c.lower() == name.lower()]
         report.add("unknown category", f"{json_path}: category {name!r} (id {cid}) is not in the class list: "
                                        f"{n} box(es) in {n_images} image(s) dropped"

@@ -293,6 +293,9 @@ class LoadReport:
     images_skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     boxes_dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     unknown: dict = dataclasses.field(default_factory=dict)  # class -> [boxes, files, first file]
+    # every format (the teachability check, utils.data.check.teachability, reads these two):
+    unknown_boxes: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # class -> boxes
+    dropped_in: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # image -> boxes dropped
 
     def add(self, kind: str, message: str):
         self.problems.append((kind, message))
@@ -397,13 +400,35 @@ def _load_entries(entries: Sequence[_Entry], class_names: list[str], check_image
             entry = report.unknown.setdefault(name, [0, 0, e.xml_path])
             entry[0] += p.unknown.count(name)
             entry[1] += 1
+        report.unknown_boxes.update(p.unknown)
+        dropped = sum(1 for kind, _ in p.problems if kind in ("zero-area", "outside image", "malformed box",
+                                                               "unknown class"))
+        if dropped:
+            report.dropped_in[e.image_path] += dropped
         records.append(VocRecord(e.image_path, p.boxes, p.labels, p.difficult, p.width, p.height, e.xml_path))
         report.images_loaded += 1
         report.boxes_kept += len(p.boxes)
     return records
 
 
+class ReportLog:
+    """A ``log`` callable that also keeps the :class:`LoadReport` of every load it is given to
+    (``reports``, in order) and the lines logged (``lines``); ``log`` (default None: silent)
+    receives the lines as a plain log would. Lets a caller read a load's counts (e.g. the boxes
+    dropped per unknown class) without parsing its messages."""
+
+    def __init__(self, log: Log = None):
+        self.log, self.reports, self.lines = log, [], []
+
+    def __call__(self, message: str):
+        self.lines.append(message)
+        if self.log is not None:
+            self.log(message)
+
+
 def _emit(report: LoadReport, log: Log):
+    if isinstance(log, ReportLog):
+        log.reports.append(report)
     if log is None:
         return
     for note in report.notes:

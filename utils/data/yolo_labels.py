@@ -428,6 +428,7 @@ def load_yolo(root_or_yaml, split: str | None, class_names=None, *, ratios=(0.8,
             report.add("corrupt image", f"{err}; image skipped")
             continue
         boxes, labels = [], []
+        dropped_before = sum(report.boxes_dropped.values())
         if it.label_path is not None:
             try:
                 boxes, labels = _parse_label_file(it.label_path, width, height, class_map, report, unknown)
@@ -438,9 +439,12 @@ def load_yolo(root_or_yaml, split: str | None, class_names=None, *, ratios=(0.8,
         records.append(VocRecord(str(it.image_path), np.asarray(boxes, np.float32).reshape(-1, 4),
                                  np.asarray(labels, np.int32), np.zeros(len(labels), bool), width, height,
                                  str(it.label_path) if it.label_path is not None else ""))
+        if sum(report.boxes_dropped.values()) > dropped_before:
+            report.dropped_in[str(it.image_path)] += sum(report.boxes_dropped.values()) - dropped_before
         report.images_loaded += 1
         report.boxes_kept += len(boxes)
     for name, (n, files, first) in unknown.items():
+        report.unknown_boxes[name] += n
         hint = [c for c in names if c.lower() == name.lower()]
         report.add("unknown category", f"class {name!r} of the dataset is not in the class list: {n} box(es) in "
                                        f"{len(files)} file(s) dropped (first: {first})"

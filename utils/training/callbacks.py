@@ -25,8 +25,18 @@ from utils.checkpoint import atomic_path, save_detector
 
 
 def lr_at(epoch: float, total_epochs: int, base_lr: float, min_lr: float, warmup_epochs: float,
-          kind: str = "cos", step_epochs=(), step_gamma: float = 0.1) -> float:
-    """Learning rate at fractional ``epoch``: linear warm-up, then cosine or step decay."""
+          kind: str = "cos", step_epochs=(), step_gamma: float = 0.1, restart=None) -> float:
+    """Learning rate at fractional ``epoch``: linear warm-up, then cosine or step decay.
+
+    ``restart=(epoch0, lr0)``: the run was extended at ``epoch0`` (``--resume --epochs N``
+    with a new end): from there the cosine goes from ``lr0``, the rate the run had reached,
+    to ``min_lr`` at the new end, so the rate neither jumps nor restarts its warm-up. Step
+    decay keeps its absolute epochs.
+    """
+    if restart is not None and kind == "cos" and epoch >= restart[0]:
+        epoch0, lr0 = float(restart[0]), float(restart[1])
+        t = min(max((epoch - epoch0) / max(total_epochs - epoch0, 1e-9), 0.0), 1.0)
+        return min_lr + 0.5 * (lr0 - min_lr) * (1 + math.cos(math.pi * t))
     if warmup_epochs > 0 and epoch < warmup_epochs:
         start = base_lr * 0.1
         return start + (base_lr - start) * epoch / warmup_epochs

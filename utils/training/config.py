@@ -76,6 +76,11 @@ def build_train_parser(description: str | None = None) -> argparse.ArgumentParse
     d.add_argument("--input-size", type=int, nargs="+", default=[416], help="input side, or H W; multiples of 32")
     d.add_argument("--workers", type=int, default=2, help="parallel data-loading calls (default 2)")
     d.add_argument("--seed", type=int, default=0, help="seed for splits, shuffling, augmentation and init")
+    d.add_argument("--allow-unteachable", action="store_true",
+                   help="train even when the teachability check of the training split finds data that cannot "
+                        "teach anything (no usable box, a class of the class list without a box, most boxes "
+                        "of classes not in the class list); by default train.py stops before the first step "
+                        "with the findings (exit code 2). Warnings never stop it")
 
     m = p.add_argument_group("model")
     m.add_argument("--backbone", default="mobilenetv2", help="backbone name (python -m nets.summary lists them)")
@@ -145,12 +150,27 @@ def build_train_parser(description: str | None = None) -> argparse.ArgumentParse
     e.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress: 0 silent, 1 bar, 2 line")
     add_tf_logs_argument(e)
     e.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
-                   help="tf.distribute strategy; the global batch is split over replicas")
+                   help="tf.distribute strategy; the global batch is split over replicas (multiworker: every "
+                        "worker runs the same command with its own TF_CONFIG; python -m utils.launch does that)")
+    e.add_argument("--connect-timeout", type=float, default=120.0,
+                   help="multiworker: seconds to wait for the other workers at start before giving up (default 120)")
     return p
 
 
 DEMO_DEFAULTS = {"input_size": [256], "backbone": "mobilenetv2", "alpha": 0.5, "epochs": 15, "batch_size": 8,
                  "eval_every": 5, "warmup_epochs": 1.0, "save_dir": os.path.join("runs", "train", "demo")}
+
+
+# What the saved state of a run depends on: refused when it changes on --resume. --epochs may
+# change (utils.training.callbacks.lr_at's restart rule), as may logging, evaluation, workers.
+FIXED_ON_RESUME = ("backbone", "alpha", "input_size", "taps", "neck_shortcut", "anchors", "classes", "data",
+                   "format", "root", "images", "annotations", "split_ratios", "seed", "train_split", "val_split",
+                   "batch_size", "freeze_batch_size", "freeze_epochs", "optimizer", "lr", "nominal_batch",
+                   "min_lr_ratio", "lr_schedule", "warmup_epochs", "ema")
+
+
+def _show(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def parse_train_args(argv=None, description: str | None = None) -> argparse.Namespace:
@@ -162,10 +182,21 @@ def parse_train_args(argv=None, description: str | None = None) -> argparse.Name
         parser.set_defaults(**DEMO_DEFAULTS)
     args = parse_with_config(parser, argv)
     if args.resume and os.path.isfile(os.path.join(args.save_dir, "config.yaml")):
-        # resume with the configuration the run was started with; the command line still wins
-        argv = ["--config", os.path.join(args.save_dir, "config.yaml")] + [a for a in argv if a != "--config"]
+        # resume with the configuration the run was started with; the command line still wins,
+        # except for what the saved state depends on (FIXED_ON_RESUME)
+        saved_path = os.path.join(args.save_dir, "config.yaml")
+        saved = parse_with_config(build_train_parser(description), ["--config", saved_path])
+        argv = ["--config", saved_path] + [a for a in argv if a != "--config"]
         args = parse_with_config(build_train_parser(description), argv)
         args.resume = True
+        changed = [k for k in FIXED_ON_RESUME if getattr(saved, k, None) != getattr(args, k, None)]
+        if changed:
+            what = "; ".join(f"--{k.replace('_', '-')} {_show(getattr(saved, k))} -> {_show(getattr(args, k))}"
+                             for k in changed)
+            raise ValueError(f"--resume: {what}: the model, the data and the batch of a run cannot change when it "
+                             f"resumes (its weights, optimizer state and schedule depend on them). Resume "
+                             f"{args.save_dir} without them, or start a new run with another --save-dir "
+                             "(--weights PATH/last.keras starts from its weights)")
     if args.taps and args.backbone.lower() != "mobilenetv2":
         raise ValueError(f"--taps is a mobilenetv2 option; backbone {args.backbone!r} has one set of taps")
     if args.lr is None:

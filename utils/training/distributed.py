@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import sys
-import threading
 
 ENV = "TF_CONFIG"
 TASK_TYPES = ("chief", "worker")
@@ -105,21 +104,35 @@ def read_tf_config(text: str | None = None) -> Cluster | None:
     return Cluster(addresses, kind, index, bool(chief))
 
 
+_WATCHDOG = """
+import os, select, signal, sys
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], seconds)
+if not ready:  # the parent neither finished nor died in time (it closes our stdin either way)
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    os.kill(parent, signal.SIGKILL)
+"""
+
+
 @contextlib.contextmanager
 def deadline(seconds: float, what: str):
     """Run the block; if it has not finished after ``seconds``, print ``what`` as an error and
-    end the process (exit code 2). For blocking calls that have no timeout of their own, such as
-    the first collective of a multi-worker strategy waiting for a peer that never comes."""
-    done = threading.Event()
+    kill the process. For blocking calls that have no timeout of their own, such as the start
+    of a multi-worker strategy waiting for a peer that never comes.
 
-    def expire():
-        if not done.wait(seconds):
-            print(f"error: {what} (no answer within {seconds:g} s)", file=sys.stderr, flush=True)
-            os._exit(2)
+    Why a watchdog process rather than a thread or an alarm: TensorFlow's collective start
+    blocks in C++ holding the GIL, so no Python thread or signal handler runs until it returns,
+    and MultiWorkerMirroredStrategy installs its own SIGTERM handler (preemption), so SIGTERM
+    does not end it either: only SIGKILL from another process does.
+    """
+    import subprocess
 
-    watcher = threading.Thread(target=expire, name="deadline", daemon=True)
-    watcher.start()
+    message = f"error: {what} (no answer within {seconds:g} s)"
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(float(seconds)), message],
+                                stdin=subprocess.PIPE)
     try:
         yield
     finally:
-        done.set()
+        watchdog.stdin.close()  # done in time: the watchdog returns at once
+        watchdog.wait()

@@ -10,11 +10,15 @@ rate position and augmentation schedule (both are pure functions of the epoch).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -82,6 +86,40 @@ def load_split(args, split, class_names, log=print, spec=None):
 
     spec = spec or spec_from_args(args, class_names=class_names, log=None)
     return spec.load(split, tuple(args.split_ratios), args.seed, log=log)
+
+
+def check_teachability(args, spec, train_records, class_names, log=None):
+    """The teachability check of the training split (utils.data.check.teachability) before
+    anything is built: warnings are logged and training goes on; a fatal finding (no usable
+    box, a class without a box, most boxes of unknown classes) raises TrainError (exit code 2)
+    unless --allow-unteachable, which logs it and goes on. Returns the Findings."""
+    from utils.data.check import anchors_command, teachability
+    from utils.data.voc import ReportLog
+    from utils.targets import load_anchors
+
+    log = log or _log
+    # The records came from resolve_data, whose load reported the boxes it dropped (unknown
+    # classes, bad boxes) through its log only. Rather than change that call, the training
+    # split is loaded again, cheaply: headers only (check_images=False, no decoding), silent,
+    # through a ReportLog that keeps the load's LoadReport (its per-class unknown counts and
+    # per-image drops). On BCCD's train split (291 images) that is ~0.4 s on 2 busy cores.
+    report_log = ReportLog()
+    try:
+        spec.load(args.train_split, tuple(args.split_ratios), args.seed, check_images=False, log=report_log)
+    except (ValueError, OSError):
+        pass  # the first load succeeded; judge the records alone
+    report = report_log.reports[-1] if report_log.reports else None
+    hw = tuple(args.input_size) if len(args.input_size) == 2 else (args.input_size[0],) * 2
+    findings = teachability(train_records, class_names, load_anchors(args.anchors), hw, report,
+                            where=f"the training split ({args.train_split})",
+                            command=anchors_command(args, hw, split=args.train_split), anchors_path=args.anchors)
+    if findings.fatal and not getattr(args, "allow_unteachable", False):
+        raise TrainError(f"{findings.format()}\nnothing trained: a model trained on this data would find nothing. "
+                         "Fix the class list or the annotations, or pass --allow-unteachable to train anyway")
+    log(findings.format())
+    if findings.fatal:
+        log("--allow-unteachable: training anyway, despite the fatal findings above")
+    return findings
 
 
 def run_records(weights, split: str):
@@ -178,6 +216,10 @@ def make_strategy(kind):
     if kind == "default":
         return tf.distribute.get_strategy()
     if kind == "mirrored":
+        if not tf.config.list_logical_devices("GPU"):
+            # a CPU-only machine: every logical CPU device is a replica (one unless the CPU was
+            # split with tf.config.set_logical_device_configuration, as tests do)
+            return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
         return tf.distribute.MirroredStrategy()
     if kind == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -200,6 +242,90 @@ def plan_phases(args) -> list[Phase]:
     if args.epochs > args.freeze_epochs:
         phases.append(Phase("unfrozen", max(args.freeze_epochs, 0), args.epochs, args.batch_size, False))
     return phases
+
+
+# ----------------------------------------------------------------------------- several workers
+
+def read_cluster(args):
+    """The multi-worker cluster of TF_CONFIG for --strategy multiworker (None otherwise); a bad
+    or missing TF_CONFIG is a TrainError."""
+    from utils.training.distributed import DistributedError, read_tf_config
+
+    if args.strategy != "multiworker":
+        return None
+    try:
+        cluster = read_tf_config()
+    except DistributedError as exc:
+        raise TrainError(str(exc)) from None
+    if cluster is None:
+        raise TrainError("--strategy multiworker needs TF_CONFIG on every worker (README: Training on several "
+                         "machines); python -m utils.launch --workers N -- train.py ... sets it")
+    return cluster
+
+
+def worker_state_dir(save_dir, rank: int) -> str:
+    """Where a worker other than the chief keeps its resume state: a folder of its own on its
+    machine, named after the run folder, so that a restarted job finds it again."""
+    key = hashlib.sha1(os.path.abspath(save_dir).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), "yolov4lite_workers", f"{key}_worker{rank}")
+
+
+def barrier(strategy) -> None:
+    """One all-reduce over every replica: returns once every worker is connected."""
+    import tensorflow as tf
+
+    @tf.function
+    def step():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("SUM", tf.ones(())))
+
+    total = float(strategy.experimental_local_results(step())[0])
+    if int(total) != strategy.num_replicas_in_sync:
+        raise TrainError(f"the workers do not agree on the cluster: {total:g} replicas answered, "
+                         f"{strategy.num_replicas_in_sync} expected")
+
+
+def distributed_data(strategy, ds, batch_size: int, steps=None):
+    """The training batches for ``strategy``: the plain pipeline on one replica; otherwise one
+    input pipeline per worker reading only its part of each global batch (each image read once
+    per epoch, TrainDataset.as_tf_dataset), split into per-replica batches. ``steps`` caps the
+    steps of an epoch."""
+    if strategy.num_replicas_in_sync == 1:
+        data = ds.as_tf_dataset()
+        return data.take(steps) if steps else data
+
+    def pipeline(ctx):
+        data = ds.as_tf_dataset(shard=(ctx.input_pipeline_id, ctx.num_input_pipelines),
+                                replica_batch=ctx.get_per_replica_batch_size(batch_size))
+        per_step = strategy.num_replicas_in_sync // ctx.num_input_pipelines
+        return data.take(steps * per_step) if steps else data
+
+    return strategy.distribute_datasets_from_function(pipeline)
+
+
+def extension_restart(args, state, start_epoch: int):
+    """The learning-rate rule when a resumed run's --epochs differs from the run's: the cosine
+    continues from the rate reached at ``start_epoch`` down to the new end (lr_at's
+    ``restart``), printed once. None when nothing changed (or the state predates the rule)."""
+    from utils.training.callbacks import lr_at
+
+    if not state or "epochs" not in state:
+        return state.get("lr_restart") if state else None
+    old_total, previous = int(state["epochs"]), state.get("lr_restart")
+    if old_total == args.epochs:
+        return previous
+    if args.epochs < start_epoch:
+        raise TrainError(f"--epochs {args.epochs} is below the {start_epoch} epochs the run already finished")
+    phases = {p.name: p for p in plan_phases(args)}
+    phase = next((p for p in phases.values() if p.start <= start_epoch < p.end), None)
+    if phase is None:
+        return previous
+    lr = scaled_lr(args.lr, args.optimizer, phase.batch_size, args.nominal_batch)
+    old = lr_at(start_epoch, old_total, lr, lr * args.min_lr_ratio, args.warmup_epochs, args.lr_schedule,
+                tuple(args.step_epochs or ()),
+                restart=None if not previous else (previous["epoch"], previous["lr"]))
+    _log(f"--epochs {old_total} -> {args.epochs}: the learning rate continues from {old:.2e} at epoch "
+         f"{start_epoch + 1} down to {lr * args.min_lr_ratio:.2e} at epoch {args.epochs} (cosine; no new warm-up)")
+    return {"epoch": start_epoch, "lr": old, "phase": phase.name}
 
 
 # ----------------------------------------------------------------------------- run
@@ -238,25 +364,33 @@ def run(args) -> dict:
     from utils.evaluate import evaluate_records, format_table
     from utils.inference.detector import Detector
     from utils.targets import load_anchors
+    from utils.training.distributed import deadline
 
     keras.utils.set_random_seed(args.seed)
     save_dir = args.save_dir
-    state = cb.ResumeState.read(save_dir) if args.resume else None
+    cluster = read_cluster(args)
+    chief = cluster is None or cluster.is_chief
+    # only the chief writes in the run folder; another worker keeps its resume state (all it
+    # writes) in a folder of its own, removed when the run ends (module docstring)
+    state_dir = save_dir if chief else worker_state_dir(save_dir, cluster.rank)
+    state = cb.ResumeState.read(state_dir) if args.resume else None
     if args.resume and state is None:
-        raise TrainError(f"--resume: no resume state in {save_dir} (resume.json); start without --resume")
-    if not args.resume and os.path.isfile(os.path.join(save_dir, "resume.json")) and not args.exist_ok:
+        raise TrainError(f"--resume: no resume state in {state_dir} (resume.json); start without --resume")
+    if not args.resume and os.path.isfile(os.path.join(state_dir, "resume.json")) and not args.exist_ok:
         raise TrainError(f"{save_dir} already holds a run; pass --resume to continue it, "
                          "--exist-ok to overwrite it, or another --save-dir")
-    os.makedirs(save_dir, exist_ok=True)
+    os.makedirs(state_dir, exist_ok=True)
 
     spec = resolve_spec(args)
     train_records, val_records, class_names = resolve_data(args, spec)
+    check_teachability(args, spec, train_records, class_names)  # stops on unteachable data (TrainError)
     anchors = load_anchors(args.anchors)
     hw = tuple(args.input_size) if len(args.input_size) == 2 else (args.input_size[0],) * 2
     if hw[0] % 32 or hw[1] % 32:
         raise TrainError(f"--input-size must be multiples of 32, got {hw[0]}x{hw[1]}")
     config = {k: v for k, v in vars(args).items() if k not in ("config", "tf_logs")}
-    save_yaml(config, os.path.join(save_dir, "config.yaml"))
+    if chief:
+        save_yaml(config, os.path.join(save_dir, "config.yaml"))
     backbone_options = {"taps": args.taps} if getattr(args, "taps", None) else {}  # checked in train.py
     meta = {"backbone": args.backbone, "alpha": args.alpha, "neck_shortcut": args.neck_shortcut,
             **backbone_options, "class_names": class_names,
@@ -266,7 +400,15 @@ def run(args) -> dict:
     _log(f"train: {len(train_records)} images, val: {len(val_records)} images, {len(class_names)} classes, "
          f"input {hw[0]}x{hw[1]}, backbone {args.backbone} (alpha {args.alpha:g})")
 
-    strategy = make_strategy(args.strategy)
+    waiting = (deadline(args.connect_timeout, f"worker {cluster.rank} ({cluster.address}): the other workers "
+                        f"({', '.join(a for a in cluster.addresses if a != cluster.address)}) did not connect; check "
+                        "TF_CONFIG's addresses and that every worker was started with the same command")
+               if cluster else contextlib.nullcontext())
+    with waiting:  # a multi-worker start blocks until every worker is there: bounded
+        strategy = make_strategy(args.strategy)
+        if cluster:
+            barrier(strategy)
+    replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         try:
             body = yolo_body(hw, len(class_names), backbone=args.backbone, alpha=args.alpha, weight_decay=0.0,
@@ -295,7 +437,7 @@ def run(args) -> dict:
     aug = AugmentConfig(mosaic_prob=args.mosaic_prob if args.mosaic else 0.0,
                         mixup_prob=args.mixup_prob if args.mixup else 0.0,
                         mosaic_fraction=args.mosaic_fraction)
-    val_detector = Detector(body, meta)
+    val_detector = Detector(body, meta) if chief else None  # in-loop evaluation runs on the chief only
 
     def evaluate_fn(model):
         val_detector.sync_weights()  # the folded copy takes this epoch's (EMA) weights
@@ -305,6 +447,7 @@ def run(args) -> dict:
     guard = cb.NanGuard(_log)
     best_map = float(state.get("best_map", -1.0)) if state else -1.0
     start_epoch = int(state["epoch"]) if state else 0
+    restart = extension_restart(args, state, start_epoch)
     csv_path = os.path.join(save_dir, "log.csv")
     if start_epoch >= args.epochs:
         _log(f"nothing to do: the run in {save_dir} already finished {start_epoch} epochs")
@@ -313,8 +456,12 @@ def run(args) -> dict:
         if start_epoch >= phase.end:
             continue
         init_epoch = max(start_epoch, phase.start)
+        if phase.batch_size % replicas:
+            raise TrainError(f"the batch of the {phase.name} phase ({phase.batch_size}) does not split over the "
+                             f"{replicas} replicas; use a multiple of {replicas}")
         ds = TrainDataset(train_records, len(class_names), hw, phase.batch_size, anchors, seed=args.seed,
-                          augment=aug if args.augment else False, drop_remainder=len(train_records) >= phase.batch_size,
+                          augment=aug if args.augment else False,
+                          drop_remainder=len(train_records) >= phase.batch_size or replicas > 1,
                           num_parallel=args.workers, neighbor_cells=args.neighbor_cells)
         steps = len(ds) if not args.steps_per_epoch else min(len(ds), args.steps_per_epoch)
         lr = scaled_lr(args.lr, args.optimizer, phase.batch_size, args.nominal_batch)
@@ -327,35 +474,40 @@ def run(args) -> dict:
             optimizer.build(trainer.trainable_variables)
             if state and init_epoch == start_epoch:
                 trainer(np.zeros((1, *hw, 3), np.float32))
-                trainer.load_weights(os.path.join(save_dir, state["weights"]))
+                trainer.load_weights(os.path.join(state_dir, state["weights"]))
                 _log(f"resumed from {save_dir} at epoch {start_epoch + 1} ({phase.name} phase)")
         _log(f"phase {phase.name}: epochs {init_epoch + 1}-{phase.end}, batch {phase.batch_size}, "
              f"lr {lr:.2e} ({args.optimizer}), {steps} steps/epoch")
         schedule = dict(total_epochs=args.epochs, base_lr=lr, min_lr=lr * args.min_lr_ratio,
                         warmup_epochs=args.warmup_epochs, kind=args.lr_schedule,
-                        step_epochs=tuple(args.step_epochs or ()))
+                        step_epochs=tuple(args.step_epochs or ()),
+                        restart=None if restart is None or restart["phase"] != phase.name else
+                        (restart["epoch"], restart["lr"]))
         ds.set_epoch(init_epoch, args.epochs)
         checkpoint = cb.EvalCheckpoint(body, meta, save_dir, evaluate_fn if val_records else None,
                                        args.eval_every, args.epochs, guard, best_map, _log)
-        resume = cb.ResumeState(save_dir, guard, {"phase": phase.name}, lambda: checkpoint.best_map)
+        extra = {"phase": phase.name, "epochs": args.epochs, "lr_restart": restart}
+        resume = cb.ResumeState(state_dir, guard, extra, lambda: checkpoint.best_map)
         # order matters: raw weights are saved for resuming before the EMA swap; the
         # evaluation and checkpoints see the EMA weights; the CSV sees val_map50; the
         # resume commit comes last, once everything of the epoch is on disk.
         callbacks = [EpochSetter(ds, args.epochs), cb.LRSchedule(steps, **schedule), guard, resume]
         if args.ema:
             callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-        callbacks += [checkpoint,
-                      keras.callbacks.CSVLogger(csv_path, append=os.path.isfile(csv_path)),
-                      cb.CurvesPlot(csv_path, os.path.join(save_dir, "curves.png"))]
-        if args.tensorboard:
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(save_dir, "tensorboard"), update_freq="epoch"))
+        if chief:  # the other workers write nothing in the run folder
+            callbacks += [checkpoint,
+                          keras.callbacks.CSVLogger(csv_path, append=os.path.isfile(csv_path)),
+                          cb.CurvesPlot(csv_path, os.path.join(save_dir, "curves.png"))]
+            if args.tensorboard:
+                callbacks.append(keras.callbacks.TensorBoard(os.path.join(save_dir, "tensorboard"),
+                                                             update_freq="epoch"))
         callbacks.append(resume.committer)
-        data = ds.as_tf_dataset()
-        if args.steps_per_epoch:
-            data = data.take(steps)
+        data = distributed_data(strategy, ds, phase.batch_size, steps if args.steps_per_epoch else None)
+        if replicas > 1:  # a distributed dataset has no known length: Keras warns at each epoch's end
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
         trainer.fit(data, epochs=phase.end, initial_epoch=init_epoch, callbacks=callbacks, shuffle=False,
                     verbose=args.verbose)
-        best_map = checkpoint.best_map
+        best_map = checkpoint.best_map if chief else best_map
         start_epoch = phase.end
         if guard.tripped:
             raise TrainError(f"training stopped: non-finite loss at epoch {guard.tripped[0]}, step {guard.tripped[1]}; "
@@ -363,6 +515,10 @@ def run(args) -> dict:
     wall = time.time() - t_start
 
     summary = {"save_dir": save_dir, "wall_s": wall, "best_map50": best_map}
+    if not chief:
+        shutil.rmtree(state_dir, ignore_errors=True)  # the run ended: this worker's resume state is not needed
+        _log(f"worker {cluster.rank}: done in {wall / 60:.1f} min; the chief wrote the run to {save_dir}")
+        return summary
     best = os.path.join(save_dir, "best.keras")
     if val_records and os.path.isfile(best):
         # the body already has the compiled detector around it: load the best weights into it
