@@ -45,6 +45,20 @@ def test_step_schedule_hand_values(epoch, want):
     assert got == pytest.approx(want, rel=1e-9)
 
 
+def test_extended_run_continues_the_cosine_from_the_rate_reached():
+    """--epochs 10 -> 20 at epoch 6: from lr_at(6, 10) the cosine goes down to min_lr at 20."""
+    lr6 = lr_at(6.0, **COS)
+    ext = dict(COS, total_epochs=20, restart=(6, lr6))
+    assert lr_at(6.0, **ext) == pytest.approx(lr6, rel=1e-12)                  # no jump
+    assert lr_at(13.0, **ext) == pytest.approx(0.001 + 0.5 * (lr6 - 0.001), rel=1e-9)  # half-way
+    assert lr_at(20.0, **ext) == pytest.approx(0.001) and lr_at(25.0, **ext) == pytest.approx(0.001)
+    assert lr_at(5.0, **ext) == pytest.approx(lr_at(5.0, **dict(COS, total_epochs=20)))  # before: the new plan
+    grid = np.linspace(6, 20, 57)
+    assert np.all(np.diff([lr_at(e, **ext) for e in grid]) <= 1e-15)
+    step = lr_at(7, 20, 0.1, 0.0005, 1.0, kind="step", step_epochs=(3, 6, 9), restart=(6, 0.05))
+    assert step == pytest.approx(0.001)  # step decay keeps its absolute epochs
+
+
 def test_unknown_schedule_is_an_error():
     with pytest.raises(ValueError, match="unknown LR schedule 'linear'; valid: cos, step"):
         lr_at(3, 10, 0.1, 0.001, 0, kind="linear")

@@ -92,3 +92,28 @@ def test_save_yaml_round_trips_in_order_and_is_atomic(tmp_path):
     save_yaml({"batch_size": 3, "sizes": [64]}, path)
     args = parse_with_config(parser(), ["--config", str(path)])
     assert (args.batch_size, args.sizes) == (3, [64])
+
+
+def _saved_run(tmp_path, *extra):
+    from utils.training.config import parse_train_args
+    args = parse_train_args(["--root", "data/VOC", "--epochs", "10", "--save-dir", str(tmp_path), *extra])
+    save_yaml({k: v for k, v in vars(args).items() if k not in ("config", "tf_logs")}, tmp_path / "config.yaml")
+    return args
+
+
+def test_resume_refuses_what_the_saved_state_depends_on(tmp_path):
+    from utils.training.config import parse_train_args
+    _saved_run(tmp_path, "--backbone", "ghostnet", "--batch-size", "8")
+    base = ["--resume", "--save-dir", str(tmp_path)]
+    args = parse_train_args(base)
+    assert (args.backbone, args.batch_size, args.epochs, args.resume) == ("ghostnet", 8, 10, True)
+    with pytest.raises(ValueError, match="--resume: --backbone ghostnet -> mobilenetv2; --batch-size 8 -> 16: "
+                                         "the model, the data and the batch of a run cannot change"):
+        parse_train_args(base + ["--backbone", "mobilenetv2", "--batch-size", "16"])
+    with pytest.raises(ValueError, match="--input-size 416 -> 320"):
+        parse_train_args(base + ["--input-size", "320"])
+    with pytest.raises(ValueError, match="--seed 0 -> 3"):
+        parse_train_args(base + ["--seed", "3"])
+    # what may change: the end of the run, evaluation and logging
+    args = parse_train_args(base + ["--epochs", "20", "--eval-every", "2", "--no-tensorboard", "--workers", "1"])
+    assert (args.epochs, args.eval_every, args.tensorboard, args.workers) == (20, 2, False, 1)

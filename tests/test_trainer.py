@@ -335,3 +335,19 @@ def test_check_teachability_warns_on_tiny_boxes_and_goes_on(tmp_path):
     lines = []
     assert check_teachability(args, spec, resolve_data(args, spec)[0], ["RBC"], log=lines.append).items == []
     assert lines == ["teachability of the training split (train): no finding"]
+
+
+def test_extension_restart_rule(capsys):
+    """A resumed run whose --epochs changed continues the cosine from the rate it had reached."""
+    from utils.training.callbacks import lr_at
+    from utils.training.trainer import extension_restart, scaled_lr
+    args = train.parse_args(["--epochs", "40", "--optimizer", "sgd", "--lr", "0.01"])
+    state = {"epoch": 20, "epochs": 30, "phase": "unfrozen", "lr_restart": None}
+    r = extension_restart(args, state, 20)
+    lr = scaled_lr(0.01, "sgd", args.batch_size, args.nominal_batch)
+    assert r == {"epoch": 20, "lr": pytest.approx(lr_at(20, 30, lr, lr * 0.01, 2.0)), "phase": "unfrozen"}
+    assert "--epochs 30 -> 40: the learning rate continues from" in capsys.readouterr().out
+    assert extension_restart(args, {**state, "epochs": 40, "lr_restart": r}, 25) == r  # a second resume keeps it
+    assert extension_restart(args, {"epoch": 20, "weights": "x"}, 20) is None  # a state from before the rule
+    with pytest.raises(TrainError, match="--epochs 40 is below the 45 epochs the run already finished"):
+        extension_restart(args, {**state, "epoch": 45}, 45)

@@ -297,7 +297,11 @@ def distributed_data(strategy, ds, batch_size: int, steps=None):
         data = ds.as_tf_dataset(shard=(ctx.input_pipeline_id, ctx.num_input_pipelines),
                                 replica_batch=ctx.get_per_replica_batch_size(batch_size))
         per_step = strategy.num_replicas_in_sync // ctx.num_input_pipelines
-        return data.take(steps * per_step) if steps else data
+        data = data.take(steps * per_step) if steps else data
+        # Keras takes the pipeline's length for the steps of an epoch, but a step takes one batch
+        # per local replica: with two replicas it would ask for twice the steps, run out and stop
+        # training. An unknown length makes it run each epoch to the pipeline's end.
+        return data.filter(lambda *batch: True)
 
     return strategy.distribute_datasets_from_function(pipeline)
 
