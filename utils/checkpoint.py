@@ -72,32 +72,44 @@ def _normalise_meta(meta: dict, model: keras.Model) -> dict:
     return meta
 
 
-def save_detector(model: keras.Model, path, meta: dict) -> str:
-    """Save ``model`` as a ``.keras`` file with ``meta`` inside it (atomic)."""
+def save_with_meta(model: keras.Model, path, meta: dict, member: str = META_NAME, what: str = "a detector") -> str:
+    """Save ``model`` as a ``.keras`` file with ``meta`` as the JSON zip member ``member`` (atomic):
+    the one writer of detector (:func:`save_detector`) and classifier (utils.classify) files."""
     path = os.fspath(path)
     if not path.endswith(".keras"):
-        raise ValueError(f"a detector is saved as a .keras file, got {path}")
-    meta = _normalise_meta(meta, model)
+        raise ValueError(f"{what} is saved as a .keras file, got {path}")
     with atomic_path(path) as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as zf:
-            zf.writestr(META_NAME, json.dumps(meta, indent=2))
+            zf.writestr(member, json.dumps(meta, indent=2))
     return path
 
 
-def read_meta(path) -> dict:
-    """The metadata stored in a ``.keras`` file by :func:`save_detector`."""
+def read_member(path, member: str = META_NAME):
+    """The JSON zip member ``member`` of a ``.keras`` file; None when the file has none.
+    A missing or corrupt file is an error naming it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     try:
         with zipfile.ZipFile(path) as zf:
-            if META_NAME not in zf.namelist():
-                raise ValueError(f"{path} is a Keras model without detector metadata "
-                                 f"({META_NAME}); save it with utils.checkpoint.save_detector")
-            return json.loads(zf.read(META_NAME))
+            return json.loads(zf.read(member)) if member in zf.namelist() else None
     except zipfile.BadZipFile as exc:
         raise ValueError(f"{path} is not a valid .keras file (corrupt or truncated zip: {exc})") from None
+
+
+def save_detector(model: keras.Model, path, meta: dict) -> str:
+    """Save ``model`` as a ``.keras`` file with ``meta`` inside it (atomic)."""
+    return save_with_meta(model, path, _normalise_meta(meta, model))
+
+
+def read_meta(path) -> dict:
+    """The metadata stored in a ``.keras`` file by :func:`save_detector`."""
+    meta = read_member(path)
+    if meta is None:
+        raise ValueError(f"{path} is a Keras model without detector metadata "
+                         f"({META_NAME}); save it with utils.checkpoint.save_detector")
+    return meta
 
 
 def update_meta(path, **entries) -> dict:

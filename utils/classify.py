@@ -42,7 +42,6 @@ import collections
 import json
 import os
 import textwrap
-import zipfile
 
 import numpy as np
 
@@ -389,31 +388,23 @@ def _hw(size) -> tuple[int, int]:
 
 def save_classifier(model, path, meta: dict) -> str:
     """Save ``model`` as a ``.keras`` file with ``meta`` inside the zip as classifier_meta.json (atomic)."""
-    from utils.checkpoint import atomic_path
+    from utils.checkpoint import save_with_meta
 
-    path = os.fspath(path)
-    if not path.endswith(".keras"):
-        raise ValueError(f"a classifier is saved as a .keras file, got {path}")
     meta = {**meta, "class_names": [str(c) for c in meta["class_names"]], "kind": "classifier"}
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-        with zipfile.ZipFile(tmp, "a") as zf:
-            zf.writestr(CLASSIFIER_META, json.dumps(meta, indent=2))
-    return path
+    return save_with_meta(model, path, meta, CLASSIFIER_META, "a classifier")
 
 
 def read_classifier_meta(path) -> dict:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+    from utils.checkpoint import read_member
+
     try:
-        with zipfile.ZipFile(path) as zf:
-            if CLASSIFIER_META not in zf.namelist():
-                raise ClassifyError(f"{path} is not a classifier saved by classify.py (no {CLASSIFIER_META} "
-                                    "in the file; a detector's best.keras is not a classifier)")
-            return json.loads(zf.read(CLASSIFIER_META))
-    except zipfile.BadZipFile as exc:
-        raise ClassifyError(f"{path} is not a valid .keras file (corrupt or truncated zip: {exc})") from None
+        meta = read_member(path, CLASSIFIER_META)
+    except ValueError as exc:
+        raise ClassifyError(str(exc)) from None
+    if meta is None:
+        raise ClassifyError(f"{path} is not a classifier saved by classify.py (no {CLASSIFIER_META} "
+                            "in the file; a detector's best.keras is not a classifier)")
+    return meta
 
 
 def load_classifier(path):
@@ -547,44 +538,14 @@ def plot_confusion_matrix(cm, class_names, path, title: str = "Confusion matrix"
     return os.fspath(path)
 
 
+CLASSIFIER_PANELS = ((("loss", "val_loss"), "loss", None),
+                     (("accuracy", "val_accuracy", "top5", "val_top5"), "accuracy", (0, 1)))
+
+
 def plot_classifier_curves(csv_path, png_path) -> None:
-    """curves.png of a classifier run: training/validation loss and accuracy per epoch (the
-    detector's utils.training.callbacks.plot_curves draws loss terms and mAP)."""
-    import csv
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from utils.checkpoint import atomic_path
-
-    if not os.path.isfile(csv_path):
-        return
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-
-    def col(key):
-        return np.array([float(r.get(key) or "nan") for r in rows])
-
-    epochs = col("epoch") + 1
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, keys, title in ((axes[0], ("loss", "val_loss"), "loss"),
-                            (axes[1], ("accuracy", "val_accuracy", "top5", "val_top5"), "accuracy")):
-        for key in keys:
-            if key in rows[0]:
-                v = col(key)
-                ax.plot(epochs[np.isfinite(v)], v[np.isfinite(v)], "o-" if key.startswith("val") else "-",
-                        label=key, ms=3)
-        ax.set_xlabel("epoch"), ax.set_title(title), ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    axes[1].set_ylim(0, 1)
-    fig.tight_layout()
-    with atomic_path(png_path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    """curves.png of a classifier run: training/validation loss and accuracy per epoch."""
+    from utils.training.callbacks import plot_curves
+    plot_curves(csv_path, png_path, CLASSIFIER_PANELS)
 
 
 # ----------------------------------------------------------------------------- running a model

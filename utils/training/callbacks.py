@@ -184,17 +184,29 @@ class CurvesPlot(keras.callbacks.Callback):
         plot_curves(self.csv_path, self.png_path)
 
 
-def plot_curves(csv_path, png_path):
+DETECTOR_PANELS = ((("loss", "box_loss", "obj_loss", "cls_loss"), "training loss", None),
+                   (("val_map50",), "validation mAP@0.5", (0, 1)))
+
+
+def read_log_rows(csv_path) -> list[dict]:
+    """The rows of a Keras CSVLogger file ([] when there is none yet)."""
     import csv
 
+    if not os.path.isfile(csv_path):
+        return []
+    with open(csv_path) as f:
+        return list(csv.DictReader(f))
+
+
+def plot_curves(csv_path, png_path, panels=DETECTOR_PANELS):
+    """curves.png from log.csv: one panel per ``(keys, title, ylim)``; ``val_*`` keys as points
+    (they are missing on epochs without evaluation). The detector's panels by default; the
+    classifier (utils.classify) passes its loss and accuracy panels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not os.path.isfile(csv_path):
-        return
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
+    rows = read_log_rows(csv_path)
     if not rows:
         return
 
@@ -202,22 +214,24 @@ def plot_curves(csv_path, png_path):
         out = []
         for r in rows:
             try:
-                out.append(float(r.get(key, "nan")))
+                out.append(float(r.get(key) or "nan"))
             except ValueError:
                 out.append(float("nan"))
         return np.array(out)
 
     epochs = col("epoch") + 1
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "box_loss", "obj_loss", "cls_loss"):
-        if key in rows[0]:
-            ax1.plot(epochs, col(key), label=key)
-    ax1.set_xlabel("epoch"), ax1.set_title("training loss"), ax1.legend(), ax1.grid(alpha=0.3)
-    if "val_map50" in rows[0]:
-        m = col("val_map50")
-        ok = np.isfinite(m)
-        ax2.plot(epochs[ok], m[ok], "o-", label="val mAP@0.5")
-    ax2.set_xlabel("epoch"), ax2.set_ylim(0, 1), ax2.set_title("validation mAP@0.5"), ax2.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for ax, (keys, title, ylim) in zip(np.atleast_1d(axes), panels):
+        for key in keys:
+            if key in rows[0]:
+                v = col(key)
+                ok = np.isfinite(v)
+                ax.plot(epochs[ok], v[ok], "o-" if key.startswith("val") else "-", label=key, ms=3)
+        ax.set_xlabel("epoch"), ax.set_title(title), ax.grid(alpha=0.3)
+        if ylim:
+            ax.set_ylim(*ylim)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     with atomic_path(png_path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80)
