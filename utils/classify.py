@@ -695,13 +695,10 @@ def train(args, log=print) -> dict:
     args = _defaults(args)
     keras.utils.set_random_seed(args.seed)
     save_dir = args.save_dir
-    state = cb.ResumeState.read(save_dir) if args.resume else None
-    if args.resume and state is None:
-        raise ClassifyError(f"--resume: no resume state in {save_dir} (resume.json); start without --resume")
-    if not args.resume and os.path.isfile(os.path.join(save_dir, "resume.json")) and not args.exist_ok:
-        raise ClassifyError(f"{save_dir} already holds a run; pass --resume to continue it, --exist-ok to "
-                            "overwrite it, or another --save-dir")
-    os.makedirs(save_dir, exist_ok=True)
+    try:
+        state = cb.open_run_state(save_dir, args.resume, args.exist_ok)
+    except cb.RunFolderError as exc:
+        raise ClassifyError(str(exc)) from None
     alpha = check_alpha(args.backbone, args.alpha)
     hw = _hw(args.input_size)
 

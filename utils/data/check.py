@@ -15,7 +15,7 @@ import numpy as np
 
 from utils.data.voc import (SPLIT_FILES, DatasetError, LoadReport, Log, ReportLog, VocRecord, _class_list,
                             _flat_entries, _load_entries, _roots, _voc_entries, load_voc, normalize_ratios,
-                            read_split_file, split_ids)
+                            nearest_class, read_split_file, split_ids)
 
 # COCO's area thresholds (pixels^2) for small / medium / large objects.
 COCO_SMALL, COCO_MEDIUM = 32 ** 2, 96 ** 2
@@ -242,19 +242,6 @@ class Findings:
         if self.fatal:
             head += " — the data cannot teach anything as it is"
         return "\n".join([head] + [f"  {f.line()}" for f in self.fatal + self.warnings])
-
-
-def nearest_class(name: str, class_names: Sequence[str]) -> str | None:
-    """The class-list name ``name`` most likely means: the same name in another case, else the
-    closest by difflib (ratio >= 0.6, case-insensitive); None when none is close."""
-    import difflib
-
-    same = [c for c in class_names if c.lower() == str(name).lower()]
-    if same:
-        return same[0]
-    lowered = {c.lower(): c for c in class_names}
-    close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.6)
-    return lowered[close[0]] if close else None
 
 
 def anchor_fit(records: Sequence[VocRecord], anchors, input_hw) -> dict:

@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from utils.data.images import ImageReadError, image_size, verify_image
-from utils.data.voc import (DatasetError, LoadReport, Log, VocRecord, _class_list, _finish, _pick_split,
+from utils.data.voc import (DatasetError, LoadReport, Log, VocRecord, _class_list, _finish, _pick_split, did_you_mean,
                             split_ids)
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
@@ -300,10 +300,9 @@ def load_coco(json_path, images_dir, split: str | None, class_names, *, ratios=(
                                           f"dropped (first: annotation id {aid} on {fname})")
     for name, (n, n_images, cid) in unknown_name.items():
         report.unknown_boxes[name] += n
-        hint = [c for c in class_index if c.lower() == name.lower()]
         report.add("unknown category", f"{json_path}: category {name!r} (id {cid}) is not in the class list: "
                                        f"{n} box(es) in {n_images} image(s) dropped"
-                                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                                       + did_you_mean(name, class_index))
     return _finish(records, report, log)
 
 

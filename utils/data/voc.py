@@ -115,6 +115,25 @@ def _class_list(class_names) -> list[str]:
     return names
 
 
+def nearest_class(name: str, class_names: Sequence[str]) -> str | None:
+    """The class-list name ``name`` most likely means: the same name in another case, else the
+    closest by difflib (ratio >= 0.6, case-insensitive); None when none is close."""
+    import difflib
+
+    same = [c for c in class_names if c.lower() == str(name).lower()]
+    if same:
+        return same[0]
+    lowered = {c.lower(): c for c in class_names}
+    close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def did_you_mean(name: str, class_names) -> str:
+    """`` (did you mean 'RBC'?)`` for a class name that is not in the list, or ``""``."""
+    hint = nearest_class(name, list(class_names))
+    return f" (did you mean {hint!r}?)" if hint else ""
+
+
 # ----------------------------------------------------------------------------- XML
 
 @dataclasses.dataclass
@@ -176,9 +195,8 @@ def _parse(xml_path: str, class_index: Mapping[str, int], image_size=None) -> _P
         what = f"object {i} ({name or 'no name'})"
         if name not in class_index:
             unknown.append(name)
-            hint = [c for c in class_index if c.lower() == name.lower()]
             problem("unknown class", f"{what}: class {name!r} is not in the class list; box dropped"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                    + did_you_mean(name, class_index))
             continue
         try:
             x1, y1, x2, y2 = (float(_text(obj, f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))

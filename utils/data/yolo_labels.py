@@ -55,7 +55,7 @@ import yaml
 
 from utils.data.images import IMAGE_EXTENSIONS, ImageReadError, image_size, verify_image
 from utils.data.voc import (SPLIT_ORDER, DatasetError, LoadReport, Log, VocRecord, _class_list, _finish,
-                            _index_images, _pick_split, read_class_names, split_ids)
+                            _index_images, _pick_split, did_you_mean, read_class_names, split_ids)
 
 YAML_NAMES = ("data.yaml", "data.yml")
 CLASSES_TXT = "classes.txt"
@@ -445,10 +445,9 @@ def load_yolo(root_or_yaml, split: str | None, class_names=None, *, ratios=(0.8,
         report.boxes_kept += len(boxes)
     for name, (n, files, first) in unknown.items():
         report.unknown_boxes[name] += n
-        hint = [c for c in names if c.lower() == name.lower()]
         report.add("unknown category", f"class {name!r} of the dataset is not in the class list: {n} box(es) in "
                                        f"{len(files)} file(s) dropped (first: {first})"
-                                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                                       + did_you_mean(name, names))
     return _finish(records, report, log)
 
 

@@ -143,6 +143,25 @@ class ResumeState(keras.callbacks.Callback):
             return json.load(f)
 
 
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (resume without state, a run already there)."""
+
+
+def open_run_state(save_dir, resume: bool, exist_ok: bool, state_dir=None) -> dict | None:
+    """The resume state to continue from (None for a new run), after the checks train.py and
+    classify.py share: --resume needs a state; a folder that holds a run needs --resume or
+    --exist-ok. ``state_dir`` (default ``save_dir``) is where the state lives; it is created."""
+    state_dir = save_dir if state_dir is None else state_dir
+    state = ResumeState.read(state_dir) if resume else None
+    if resume and state is None:
+        raise RunFolderError(f"--resume: no resume state in {state_dir} (resume.json); start without --resume")
+    if not resume and os.path.isfile(os.path.join(state_dir, "resume.json")) and not exist_ok:
+        raise RunFolderError(f"{save_dir} already holds a run; pass --resume to continue it, "
+                             "--exist-ok to overwrite it, or another --save-dir")
+    os.makedirs(state_dir, exist_ok=True)
+    return state
+
+
 class EvalCheckpoint(keras.callbacks.Callback):
     """Every ``every`` epochs: mAP@0.5 on the validation records; ``last.keras`` each epoch,
     ``best.keras`` when mAP improves. Place it after SwapEMAWeights(swap_on_epoch=True) so it

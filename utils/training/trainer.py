@@ -377,13 +377,10 @@ def run(args) -> dict:
     # only the chief writes in the run folder; another worker keeps its resume state (all it
     # writes) in a folder of its own, removed when the run ends (module docstring)
     state_dir = save_dir if chief else worker_state_dir(save_dir, cluster.rank)
-    state = cb.ResumeState.read(state_dir) if args.resume else None
-    if args.resume and state is None:
-        raise TrainError(f"--resume: no resume state in {state_dir} (resume.json); start without --resume")
-    if not args.resume and os.path.isfile(os.path.join(state_dir, "resume.json")) and not args.exist_ok:
-        raise TrainError(f"{save_dir} already holds a run; pass --resume to continue it, "
-                         "--exist-ok to overwrite it, or another --save-dir")
-    os.makedirs(state_dir, exist_ok=True)
+    try:
+        state = cb.open_run_state(save_dir, args.resume, args.exist_ok, state_dir)
+    except cb.RunFolderError as exc:
+        raise TrainError(str(exc)) from None
 
     spec = resolve_spec(args)
     train_records, val_records, class_names = resolve_data(args, spec)
