@@ -146,3 +146,31 @@ def test_two_workers_killed_mid_epoch_resume_and_finish(tmp_path):
     assert _epoch_losses(text, 0) == _epoch_losses(text, 1) and len(_epoch_losses(text, 0)) == 1
     assert _epoch_losses(first.getvalue(), 0)[:1] == _epoch_losses(first.getvalue(), 1)[:1]
 
+
+
+@pytest.mark.slow
+def test_train_py_with_a_bad_or_unanswered_tf_config_ends_with_a_message(tmp_path):
+    """A malformed TF_CONFIG is exit 2 with the reason; a peer that never answers ends the worker
+    after --connect-timeout with a message naming it, not a hang."""
+    import os
+
+    from utils.data.demo_data import make_demo_dataset
+
+    demo = make_demo_dataset(tmp_path / "demo", num_images=12, seed=0)
+    cmd = [sys.executable, str(ROOT / "train.py"), "--strategy", "multiworker", "--root", str(demo), "--classes",
+           str(demo / "demo_classes.txt"), "--input-size", "128", "--backbone", "mobilenetv1", "--alpha", "0.25",
+           "--epochs", "1", "--batch-size", "2", "--allow-unteachable", "--save-dir", str(tmp_path / "run"),
+           "--anchors", str(ROOT / "model_data" / "yolo_anchors.txt"), "--connect-timeout", "5"]
+    bad = {**os.environ, "TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}'}
+    r = subprocess.run(cmd, env=bad, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "task index 3 is out of range: the cluster has 1 worker task" in r.stderr
+    from utils.launch import free_ports
+    me, peer = (f"127.0.0.1:{p}" for p in free_ports(2))
+    lonely = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": [me, peer]},
+                                                     "task": {"type": "worker", "index": 0}})}
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, env=lonely, capture_output=True, text=True, timeout=180)
+    assert time.monotonic() - t0 < 150
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert f"error: worker 0 ({me}): the other workers ({peer}) did not connect" in r.stderr
+    assert "(no answer within 5 s)" in r.stderr
