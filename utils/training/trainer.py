@@ -285,11 +285,15 @@ def barrier(strategy) -> None:
 
 
 def distributed_data(strategy, ds, batch_size: int, steps=None):
-    """The training batches for ``strategy``: the plain pipeline on one replica; otherwise one
-    input pipeline per worker reading only its part of each global batch (each image read once
-    per epoch, TrainDataset.as_tf_dataset), split into per-replica batches. ``steps`` caps the
-    steps of an epoch."""
-    if strategy.num_replicas_in_sync == 1:
+    """The training batches for ``strategy``: on one worker the plain pipeline of global batches
+    (Keras splits them over local replicas); on several, one input pipeline per worker reading
+    only its part of each global batch (each image read once per epoch,
+    TrainDataset.as_tf_dataset), in per-replica batches. ``steps`` caps the steps of an epoch."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # one worker: Keras splits each global batch over the local replicas itself, the
+        # same split (replica r takes the r-th part of every global batch)
         data = ds.as_tf_dataset()
         return data.take(steps) if steps else data
 
