@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a point drawn on the plot, e.g. 'YOLOv8n onnx:24:0.700' (repeatable)")
     p.add_argument("--latency-only", action="store_true",
                    help="no training: parameters, GFLOPs and latency of each configuration (random weights)")
+    p.add_argument("--retime", action="store_true",
+                   help="time the exports of finished configurations again (e.g. on a quiet machine)")
     p.add_argument("--num-classes", type=int, default=20,
                    help="--latency-only without a dataset: classes of the heads (default 20)")
     add_tf_logs_argument(p)
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
         references = [parse_reference(r) for r in args.reference]
         comparison = Comparison(args.out, configs, train_argv, args.runtimes, runs=args.runs, warmup=args.warmup,
                                 calib_images=args.calib_images, references=references,
-                                latency_only=args.latency_only, num_classes=args.num_classes)
+                                latency_only=args.latency_only, num_classes=args.num_classes, retime=args.retime)
     except (CompareError, ValueError, FileNotFoundError) as exc:
         print(f"compare.py: error: {exc}", file=sys.stderr)
         return 2

@@ -177,9 +177,15 @@ def test_two_configurations_stopped_midway_continue_without_retraining(demo, tmp
         assert len(list(csv.DictReader(f))) == 2
     assert (out / "results.md").read_text().count("@128 | keras") == 2
     assert (out / "speed_vs_map.png").stat().st_size > 1000
-    # a third run has nothing left to do
+    # a third run has nothing left to do; with retime=True it only times the files again
     Comparison(out, configs, recipe, ["keras"], runs=2, warmup=1, log=None).run(train_fn=counted)
     assert len(trained) == 3
+    before = json.loads((second / "result.json").read_text())
+    again = Comparison(out, configs, recipe, ["keras"], runs=3, warmup=1, retime=True, log=None).run(train_fn=counted)
+    assert len(trained) == 3
+    after = json.loads((second / "result.json").read_text())
+    assert after["rows"][0]["latency_ms"] == again[1]["rows"][0]["latency_ms"] != before["rows"][0]["latency_ms"]
+    assert after["rows"][0]["map50"] == before["rows"][0]["map50"] and after["train_s"] == before["train_s"]
 
 
 @pytest.mark.slow

@@ -24,6 +24,9 @@ Outputs in ``<out>``: ``results.csv`` (one row per configuration and runtime),
 batch-1 latency per runtime, the Pareto front drawn and its points labelled, optional
 reference points such as another detector's figures on the same axes).
 
+``retime=True``: the latencies of finished configurations are measured again (the exports
+are kept), so that every figure of a comparison comes from one quiet run.
+
 ``latency_only=True``: no training; parameters, GFLOPs and latency of each configuration
 with random weights (batch-norm statistics from a few images, so the exports see realistic
 activations), for choosing what to train.
@@ -222,7 +225,7 @@ class Comparison:
 
     def __init__(self, out_dir, configs, train_argv=(), runtimes=DEFAULT_RUNTIMES, runs: int = 30, warmup: int = 5,
                  calib_images: int = 100, references=(), latency_only: bool = False, num_classes: int = 20,
-                 log=print):
+                 retime: bool = False, log=print):
         self.out_dir = os.fspath(out_dir)
         self.configs = list(configs)
         self.train_argv = [str(a) for a in train_argv]
@@ -230,6 +233,7 @@ class Comparison:
         self.runs, self.warmup, self.calib_images = int(runs), int(warmup), int(calib_images)
         self.references = list(references)
         self.latency_only = bool(latency_only)
+        self.retime = bool(retime)
         self.num_classes = int(num_classes)
         self.log = log or (lambda *a: None)
         for flag in ("--backbone", "--alpha", "--input-size", "--save-dir", "--resume", "--exist-ok", "--config"):
@@ -264,6 +268,9 @@ class Comparison:
             if done is not None and done.get("latency_only") == self.latency_only and \
                     set(self.runtimes) <= {r["runtime"] for r in done["rows"]}:
                 self.log(f"[{i}/{len(self.configs)}] {cfg.spec}: finished earlier ({path})")
+                if self.retime:
+                    done = self._retime(done)
+                    _write_json(path, done)
             else:
                 self.log(f"[{i}/{len(self.configs)}] {cfg.spec}")
                 done = self._latency_only(cfg) if self.latency_only else self._train_and_measure(cfg, train_fn)
@@ -322,6 +329,21 @@ class Comparison:
         return {"config": cfg.spec, "name": cfg.name, "backbone": cfg.backbone, "alpha": cfg.alpha, "size": cfg.size,
                 "latency_only": False, **stats, "train_s": state["train_s"], "epochs": args.epochs,
                 "test_images": len(test), "class_names": class_names, "rows": rows}
+
+    def _retime(self, done: dict) -> dict:
+        """``done`` with every row's latency measured again now (the files are kept): timings
+        taken while the machine was busy (e.g. training the next configuration) are retaken
+        on a quiet one, all in one run."""
+        from utils.inference.runtime import open_model
+
+        for row in done["rows"]:
+            rt = open_model(os.path.join(self.out_dir, row["file"]), num_threads=os.cpu_count())
+            hw = tuple(int(v) for v in rt.meta["input_shape"][:2])
+            batch = np.random.default_rng(0).uniform(0, 255, (1, *hw, 3)).astype(np.float32)
+            row["latency_ms"], row["p90_ms"] = time_batch(rt, batch, self.warmup, self.runs)
+            self.log(f"  {row['runtime']}: {row['latency_ms']:.1f} ms (p90 {row['p90_ms']:.1f}), timed again")
+        self._release()
+        return done
 
     def _export(self, weights, formats, train_records, hw) -> dict:
         from utils.inference.export import calibration_from_records, export_detector
