@@ -99,6 +99,24 @@ def test_lr_schedule_sets_the_optimizer_rate_before_every_step():
     np.testing.assert_allclose(hist.history["lr"], [lr_at(e + 0.75, **schedule) for e in range(3)], rtol=1e-6)
 
 
+def test_lr_schedule_logs_the_last_step_run_not_a_batch_that_found_no_data():
+    """With a pipeline of unknown length Keras begins one more batch that finds no data: the
+    epoch's logged rate stays that of its last step."""
+    model = dense_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    schedule = dict(total_epochs=2, base_lr=0.2, min_lr=0.002, warmup_epochs=1.0)
+    cb = LRSchedule(4, **schedule)
+    cb.set_model(model)
+    cb.on_epoch_begin(0)
+    for b in range(4):
+        cb.on_train_batch_begin(b)
+        cb.on_train_batch_end(b)
+    cb.on_train_batch_begin(4)  # the batch that finds the pipeline empty
+    logs = {}
+    cb.on_epoch_end(0, logs)
+    assert logs["lr"] == pytest.approx(lr_at(0.75, **schedule)) != pytest.approx(lr_at(1.0, **schedule))
+
+
 def test_nan_guard_stops_fit_at_the_first_nan_and_names_the_step():
     model, rec, messages = dense_model(), Recorder(), []
     x = np.ones((8, 1), np.float32)

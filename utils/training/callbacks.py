@@ -63,12 +63,19 @@ class LRSchedule(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        lr = lr_at(self.epoch + batch / self.steps_per_epoch, **self.schedule)
-        self.model.optimizer.learning_rate.assign(lr)
+        self.pending = lr_at(self.epoch + batch / self.steps_per_epoch, **self.schedule)
+        self.model.optimizer.learning_rate.assign(self.pending)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last = self.pending
 
     def on_epoch_end(self, epoch, logs=None):
+        # the rate of the epoch's last step: with a pipeline of unknown length (several
+        # workers) Keras begins one more batch that finds no data, and that rate was never used
         if logs is not None:
-            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            last = getattr(self, "last", None)
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)) if last is None \
+                else float(last)
 
 
 class NanGuard(keras.callbacks.Callback):
