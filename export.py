@@ -112,7 +112,12 @@ def main(argv=None) -> int:
             data = argparse.Namespace(data=args.val_data, format=args.val_format, images=args.val_images)
             records = model_split_records(data, args.val_split, meta["class_names"], meta.get("data"), log=None)
         else:
-            records = run_records(args.weights, args.val_split)
+            try:
+                records = run_records(args.weights, args.val_split)
+            except (FileNotFoundError, ValueError, SystemExit) as exc:  # the run's data is not here
+                print(f"note: no accuracy check: the training run's validation data cannot be read here ({exc}); "
+                      "give --val-data")
+                return 0
         if records is None:
             print("note: no accuracy check: give --val-data (no config.yaml of a training run beside "
                   f"{args.weights})")

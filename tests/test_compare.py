@@ -83,7 +83,7 @@ def test_time_batch_takes_the_median_and_p90_of_timed_calls():
         time.sleep(next(pauses))
     med, p90 = time_batch(fn, "x", warmup=2, runs=10)
     assert len(calls) == 12
-    assert 5.5 <= med < 8.5 and 10.0 <= p90 < 14.0 and p90 >= med
+    assert 5.5 <= med < 8.5 and 9.0 <= p90 < 13.0 and p90 >= med  # the 9th of 10 sorted: nearest rank
 
 
 def _result(spec, runtimes_maps, train_s=60.0):

@@ -117,3 +117,17 @@ def test_resume_refuses_what_the_saved_state_depends_on(tmp_path):
     # what may change: the end of the run, evaluation and logging
     args = parse_train_args(base + ["--epochs", "20", "--eval-every", "2", "--no-tensorboard", "--workers", "1"])
     assert (args.epochs, args.eval_every, args.tensorboard, args.workers) == (20, 2, False, 1)
+
+
+def test_resume_with_the_same_config_file_as_the_start(tmp_path):
+    """`train.py --config recipe.yaml --resume` (the start command plus --resume) reads the run's
+    saved configuration and drops the recipe's --config, value included."""
+    from utils.training.config import parse_train_args
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("backbone: ghostnet\nepochs: 12\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    args = parse_train_args(["--config", str(recipe), "--save-dir", str(run)])
+    save_yaml({k: v for k, v in vars(args).items() if k not in ("config", "tf_logs")}, run / "config.yaml")
+    again = parse_train_args(["--config", str(recipe), "--save-dir", str(run), "--resume"])
+    assert (again.backbone, again.epochs, again.resume) == ("ghostnet", 12, True)

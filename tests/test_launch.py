@@ -29,8 +29,8 @@ def test_remote_workers_need_ssh():
     (local, env0), (remote, _) = worker_commands(addrs, ["train.py", "--demo"], ssh=True, cwd="/srv/yolo",
                                                  python="python3")
     assert local == ["python3", "train.py", "--demo"] and json.loads(env0["TF_CONFIG"])["task"]["index"] == 0
-    assert remote[:2] == ["ssh", "10.1.2.3"] and remote[2].startswith("cd /srv/yolo && TF_CONFIG=")
-    assert '"index": 1' in remote[2] and remote[2].endswith("python3 train.py --demo")
+    assert remote[:3] == ["ssh", "-tt", "10.1.2.3"] and remote[3].startswith("cd /srv/yolo && TF_CONFIG=")
+    assert "\"index\": 1" in remote[3] and remote[3].endswith("python3 train.py --demo")
 
 
 def _py(code):

@@ -181,7 +181,7 @@ def time_batch(fn, batch, warmup: int = 5, runs: int = 30) -> tuple[float, float
         fn(batch)
         times.append(time.perf_counter() - t0)
     times.sort()
-    return 1000 * statistics.median(times), 1000 * times[min(len(times) - 1, int(0.9 * len(times)))]
+    return 1000 * statistics.median(times), 1000 * times[max(0, math.ceil(0.9 * len(times)) - 1)]
 
 
 def model_stats(model) -> dict:
@@ -265,7 +265,8 @@ class Comparison:
         for i, cfg in enumerate(self.configs, 1):
             path = os.path.join(self.run_dir(cfg), RESULT_FILE)
             done = _read_json(path)
-            if done is not None and done.get("latency_only") == self.latency_only and \
+            same_budget = done is not None and (self.latency_only or done.get("epochs") == self.train_args(cfg).epochs)
+            if done is not None and done.get("latency_only") == self.latency_only and same_budget and \
                     set(self.runtimes) <= {r["runtime"] for r in done["rows"]}:
                 self.log(f"[{i}/{len(self.configs)}] {cfg.spec}: finished earlier ({path})")
                 if self.retime:

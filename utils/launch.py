@@ -83,7 +83,8 @@ def worker_commands(addresses, command, ssh: bool = False, cwd: str | None = Non
             host = address.rpartition(":")[0]
             remote = (f"cd {shlex.quote(cwd)} && TF_CONFIG={shlex.quote(config)} "
                       + " ".join(shlex.quote(a) for a in [python, *command]))
-            out.append((["ssh", host, remote], dict(os.environ)))
+            # -tt: a terminal on the remote side, so the remote worker ends when the ssh client is stopped
+            out.append((["ssh", "-tt", host, remote], dict(os.environ)))
         else:
             raise ValueError(f"worker {i} ({address}) is not on this host: pass --ssh to start it through ssh, "
                              "or start it there yourself with TF_CONFIG (README: Training on several machines)")
@@ -124,8 +125,13 @@ class Launcher:
         threads = []
         try:
             for i, (argv, env) in enumerate(self.commands):
-                p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     bufsize=1, start_new_session=True)
+                try:
+                    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                         bufsize=1, start_new_session=True)
+                except OSError as exc:
+                    self._say(f"worker {i} could not start ({argv[0]}: {exc}); stopping the other workers")
+                    self.stop()
+                    return 2
                 self.procs.append(p)
                 t = threading.Thread(target=self._pump, args=(i, p.stdout), daemon=True)
                 t.start()

@@ -109,8 +109,9 @@ class ResumeState(keras.callbacks.Callback):
     the epoch and the best mAP. A kill at any moment leaves the previous commit intact.
     """
 
-    def __init__(self, save_dir, guard: NanGuard, extra: dict | None = None, best_map=lambda: -1.0):
+    def __init__(self, save_dir, guard: NanGuard, extra: dict | None = None, best_map=lambda: -1.0, sync=None):
         super().__init__()
+        self.sync = sync  # several workers: wait for all before committing, so they commit the same epoch
         self.save_dir = save_dir
         self.state_path = os.path.join(save_dir, "resume.json")
         self.guard = guard
@@ -134,6 +135,8 @@ class ResumeState(keras.callbacks.Callback):
         self.pending = name
 
     def commit(self, epoch):
+        if self.sync is not None:
+            self.sync()
         if self.pending is None:
             return
         state = {"epoch": epoch + 1, "weights": self.pending, "best_map": float(self.best_map()), **self.extra}

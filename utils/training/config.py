@@ -186,7 +186,10 @@ def parse_train_args(argv=None, description: str | None = None) -> argparse.Name
         # except for what the saved state depends on (FIXED_ON_RESUME)
         saved_path = os.path.join(args.save_dir, "config.yaml")
         saved = parse_with_config(build_train_parser(description), ["--config", saved_path])
-        argv = ["--config", saved_path] + [a for a in argv if a != "--config"]
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config")
+        _, rest = pre.parse_known_args(argv)  # the command line without its own --config FILE
+        argv = ["--config", saved_path] + rest
         args = parse_with_config(build_train_parser(description), argv)
         args.resume = True
         changed = [k for k in FIXED_ON_RESUME if getattr(saved, k, None) != getattr(args, k, None)]

@@ -279,9 +279,21 @@ def barrier(strategy) -> None:
         return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("SUM", tf.ones(())))
 
     total = float(strategy.experimental_local_results(step())[0])
-    if int(total) != strategy.num_replicas_in_sync:
+    if round(total) != strategy.num_replicas_in_sync:
         raise TrainError(f"the workers do not agree on the cluster: {total:g} replicas answered, "
                          f"{strategy.num_replicas_in_sync} expected")
+
+
+def gather(strategy, value: float) -> list[float]:
+    """``value`` of every replica (all workers), in replica order."""
+    import tensorflow as tf
+
+    @tf.function
+    def step():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_gather(
+            tf.constant([float(value)], tf.float32), axis=0))
+
+    return [float(v) for v in strategy.experimental_local_results(step())[0].numpy()]
 
 
 def distributed_data(strategy, ds, batch_size: int, steps=None):
@@ -330,7 +342,8 @@ def extension_restart(args, state, start_epoch: int):
     lr = scaled_lr(args.lr, args.optimizer, phase.batch_size, args.nominal_batch)
     old = lr_at(start_epoch, old_total, lr, lr * args.min_lr_ratio, args.warmup_epochs, args.lr_schedule,
                 tuple(args.step_epochs or ()),
-                restart=None if not previous else (previous["epoch"], previous["lr"]))
+                restart=(previous["epoch"], previous["lr"]) if previous and previous.get("phase") == phase.name
+                else None)
     _log(f"--epochs {old_total} -> {args.epochs}: the learning rate continues from {old:.2e} at epoch "
          f"{start_epoch + 1} down to {lr * args.min_lr_ratio:.2e} at epoch {args.epochs} (cosine; no new warm-up)")
     return {"epoch": start_epoch, "lr": old, "phase": phase.name}
@@ -381,6 +394,8 @@ def run(args) -> dict:
     # only the chief writes in the run folder; another worker keeps its resume state (all it
     # writes) in a folder of its own, removed when the run ends (module docstring)
     state_dir = save_dir if chief else worker_state_dir(save_dir, cluster.rank)
+    if not chief and not args.resume:
+        shutil.rmtree(state_dir, ignore_errors=True)  # a killed run's leftovers; the chief checks the run folder
     try:
         state = cb.open_run_state(save_dir, args.resume, args.exist_ok, state_dir)
     except cb.RunFolderError as exc:
@@ -413,6 +428,12 @@ def run(args) -> dict:
         strategy = make_strategy(args.strategy)
         if cluster:
             barrier(strategy)
+            epochs = gather(strategy, int(state["epoch"]) if state else 0)
+            if min(epochs) != max(epochs):
+                raise TrainError(f"the workers' resume states are at different epochs ({', '.join(f'{e:g}' for e in epochs)} "
+                                 "by worker): the run was stopped while they were saving; remove the run folder's "
+                                 "resume state and the workers' folders and start again, or restart from last.keras "
+                                 "with --weights")
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         try:
@@ -492,7 +513,8 @@ def run(args) -> dict:
         checkpoint = cb.EvalCheckpoint(body, meta, save_dir, evaluate_fn if val_records else None,
                                        args.eval_every, args.epochs, guard, best_map, _log)
         extra = {"phase": phase.name, "epochs": args.epochs, "lr_restart": restart}
-        resume = cb.ResumeState(state_dir, guard, extra, lambda: checkpoint.best_map)
+        resume = cb.ResumeState(state_dir, guard, extra, lambda: checkpoint.best_map,
+                                sync=(lambda: barrier(strategy)) if cluster else None)
         # order matters: raw weights are saved for resuming before the EMA swap; the
         # evaluation and checkpoints see the EMA weights; the CSV sees val_map50; the
         # resume commit comes last, once everything of the epoch is on disk.
