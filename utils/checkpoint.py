@@ -142,13 +142,18 @@ def load_detector(path, compile: bool = False):
     Loads with ``safe_mode=True``: no Lambda layers or pickled code are accepted.
     """
     meta = read_meta(path)
+    return load_keras(path, compile), meta
+
+
+def load_keras(path, compile: bool = False, what: str = "model"):
+    """``keras.saving.load_model`` with ``safe_mode=True`` and the project's layers registered;
+    any failure is a ValueError naming the file and the cause (detectors and classifiers)."""
     import nets.layers  # noqa: F401  registers the custom layers
     import nets.postprocess  # noqa: F401  registers YoloPostprocess (end-to-end models)
     try:
-        model = keras.saving.load_model(os.fspath(path), compile=compile, safe_mode=True)
+        return keras.saving.load_model(os.fspath(path), compile=compile, safe_mode=True)
     except Exception as exc:  # keras raises many types; name the file and the cause
-        raise ValueError(f"could not load model {path}: {exc}") from exc
-    return model, meta
+        raise ValueError(f"could not load {what} {path}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- .weights.h5

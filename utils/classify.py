@@ -409,16 +409,13 @@ def read_classifier_meta(path) -> dict:
 
 def load_classifier(path):
     """``(model, meta)`` of a classifier ``.keras`` file, loaded with ``safe_mode=True``."""
-    import keras
-
-    import nets.layers  # noqa: F401  registers the project's layers
+    from utils.checkpoint import load_keras
 
     meta = read_classifier_meta(path)
     try:
-        model = keras.saving.load_model(os.fspath(path), compile=False, safe_mode=True)
-    except Exception as exc:  # keras raises many types; name the file and the cause
-        raise ClassifyError(f"could not load classifier {path}: {exc}") from exc
-    return model, meta
+        return load_keras(path, what="classifier"), meta
+    except ValueError as exc:
+        raise ClassifyError(str(exc)) from None
 
 
 def export_backbone(weights, out, log=print) -> dict:
@@ -510,32 +507,9 @@ def format_metrics(res: dict) -> str:
 
 
 def plot_confusion_matrix(cm, class_names, path, title: str = "Confusion matrix") -> str:
-    """The confusion matrix as a PNG: colours by row fraction, counts printed (atomic write)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from utils.checkpoint import atomic_path
-
-    m = np.asarray(cm, float)
-    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    size = max(4.5, 0.5 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if len(class_names) <= 30:
-        for (r, c), v in np.ndenumerate(m):
-            ax.text(c, r, f"{int(v)}", ha="center", va="center", fontsize=8,
-                    color="white" if norm[r, c] > 0.5 else "black")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true")
-    ax.set_title(textwrap.fill(title, 60), fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the row (counts printed)")
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return os.fspath(path)
+    """The confusion matrix as a PNG (utils.evaluate.plot_confusion_matrix, the detector's too)."""
+    from utils.evaluate import plot_confusion_matrix as plot
+    return plot(cm, class_names, path, textwrap.fill(title, 60))
 
 
 CLASSIFIER_PANELS = ((("loss", "val_loss"), "loss", None),

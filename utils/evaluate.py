@@ -232,23 +232,39 @@ def write_report(results, out_dir, class_names=None) -> dict:
     fig.savefig(paths["ap"], dpi=120)
     plt.close(fig)
 
-    m = np.asarray(results["confusion_matrix"], float)
-    labels = names + ["background"]
+    plot_confusion_matrix(results["confusion_matrix"], names + ["background"], paths["cm"],
+                          f"Confusion matrix (IoU {iou:g}, score >= {results.get('prf_score_thresh', 0.5):g})",
+                          hide_zeros=True)
+    return paths
+
+
+def plot_confusion_matrix(cm, labels, path, title: str = "Confusion matrix", hide_zeros: bool = False) -> str:
+    """A confusion matrix (rows true, columns predicted) as a PNG: colours by row fraction, counts
+    printed (``hide_zeros``: empty cells left blank); written atomically. The detector's report
+    and the classifier's evaluation (utils.classify) both draw theirs here."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.checkpoint import atomic_path
+
+    m = np.asarray(cm, float)
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    size = max(5, 0.5 * len(labels) + 2)
+    size = max(4.5, 0.5 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     if len(labels) <= 30:
         for (r, c), v in np.ndenumerate(m):
-            if v:
-                ax.text(c, r, f"{int(v)}", ha="center", va="center", fontsize=7,
+            if v or not hide_zeros:
+                ax.text(c, r, f"{int(v)}", ha="center", va="center", fontsize=7 if hide_zeros else 8,
                         color="white" if norm[r, c] > 0.5 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true",
-           title=f"Confusion matrix (IoU {iou:g}, score >= {results.get('prf_score_thresh', 0.5):g})")
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the row (counts printed)")
     fig.tight_layout()
-    fig.savefig(paths["cm"], dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    return paths
+    return os.fspath(path)
