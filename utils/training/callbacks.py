@@ -78,6 +78,35 @@ class LRSchedule(keras.callbacks.Callback):
                 else float(last)
 
 
+class StepCount(keras.callbacks.Callback):
+    """Keeps ``optimizer.iterations`` equal to the training steps taken.
+
+    Under MultiWorkerMirroredStrategy the per-worker pipelines have no known length (see
+    trainer.distributed_data), so Keras begins one more step per epoch that finds no data; that
+    step changes no weight and no slot, but TensorFlow's distributed iterator lets it reach the
+    optimizer's counter (measured: 3 after an epoch of 2 steps, 2 in one process). AdamW's bias
+    correction and the EMA warm-up read that counter, so the run would drift one step per epoch
+    from one process. At the epoch's end the counter is set back to the steps that ended.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.done = None, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.start is None:
+            self.start = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.start is None:
+            return
+        counter = self.model.optimizer.iterations
+        if int(keras.ops.convert_to_numpy(counter)) != self.start + self.done:
+            counter.assign(self.start + self.done)
+
+
 class NanGuard(keras.callbacks.Callback):
     """Stops training at the first non-finite loss and says where."""
 

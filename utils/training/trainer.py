@@ -518,7 +518,7 @@ def run(args) -> dict:
         # order matters: raw weights are saved for resuming before the EMA swap; the
         # evaluation and checkpoints see the EMA weights; the CSV sees val_map50; the
         # resume commit comes last, once everything of the epoch is on disk.
-        callbacks = [EpochSetter(ds, args.epochs), cb.LRSchedule(steps, **schedule), guard, resume]
+        callbacks = [EpochSetter(ds, args.epochs), cb.LRSchedule(steps, **schedule), cb.StepCount(), guard, resume]
         if args.ema:
             callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if chief:  # the other workers write nothing in the run folder
