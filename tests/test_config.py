@@ -131,3 +131,43 @@ def test_resume_with_the_same_config_file_as_the_start(tmp_path):
     save_yaml({k: v for k, v in vars(args).items() if k not in ("config", "tf_logs")}, run / "config.yaml")
     again = parse_train_args(["--config", str(recipe), "--save-dir", str(run), "--resume"])
     assert (again.backbone, again.epochs, again.resume) == ("ghostnet", 12, True)
+
+
+def test_a_worker_on_another_machine_resumes_from_its_own_copy_of_the_configuration(tmp_path, monkeypatch):
+    """Worker 1 of a multi-worker run has no run folder on its machine: `--resume` reads the copy
+    of config.yaml kept with its resume state, and refuses changes to it as the chief would."""
+    import json
+    import os
+
+    from utils.training.config import parse_train_args, saved_config_path
+    from utils.training.trainer import worker_state_dir
+
+    run = tmp_path / "run_on_the_chief"  # not created here: this "machine" is worker 1's
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    base = ["--resume", "--save-dir", str(run), "--strategy", "multiworker"]
+    assert saved_config_path(parse_train_args(base)) is None  # nothing saved yet: the command line alone
+    monkeypatch.setattr("utils.training.trainer.tempfile.gettempdir", lambda: str(tmp_path))  # not the real one
+    own = worker_state_dir(str(run), 1)
+    os.makedirs(own)
+    started = parse_train_args(["--save-dir", str(run), "--strategy", "multiworker", "--backbone", "ghostnet",
+                                "--epochs", "7"])
+    save_yaml({k: v for k, v in vars(started).items() if k not in ("config", "tf_logs")}, os.path.join(own, "config.yaml"))
+    assert saved_config_path(parse_train_args(base)) == os.path.join(own, "config.yaml")
+    args = parse_train_args(base)
+    assert (args.backbone, args.epochs, args.resume) == ("ghostnet", 7, True)
+    with pytest.raises(ValueError, match="--backbone ghostnet -> mobilenetv2"):
+        parse_train_args(base + ["--backbone", "mobilenetv2"])
+    # the chief (index 0) reads only the run folder, which it writes itself
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert saved_config_path(parse_train_args(base)) is None
+
+
+def test_workers_compare_a_checksum_of_the_options_they_must_share():
+    from utils.training.config import fixed_options_key, parse_train_args
+    key = fixed_options_key(parse_train_args(["--backbone", "ghostnet"]))
+    assert 0 <= key < 2 ** 24  # exact in float32: gathered over workers as one float
+    assert key == fixed_options_key(parse_train_args(["--backbone", "ghostnet", "--verbose", "2", "--workers", "1"]))
+    for change in (["--alpha", "0.5"], ["--batch-size", "16"], ["--input-size", "320"], ["--seed", "1"]):
+        assert fixed_options_key(parse_train_args(["--backbone", "ghostnet", *change])) != key, change

@@ -169,6 +169,35 @@ FIXED_ON_RESUME = ("backbone", "alpha", "input_size", "taps", "neck_shortcut", "
                    "min_lr_ratio", "lr_schedule", "warmup_epochs", "ema")
 
 
+def saved_config_path(args) -> str | None:
+    """The configuration a --resume'd run was started with: <save-dir>/config.yaml, which the
+    chief writes; a worker of a multi-worker run on another machine has no run folder and reads
+    the copy it keeps with its resume state (trainer.worker_state_dir). None when neither exists."""
+    path = os.path.join(args.save_dir, "config.yaml")
+    if os.path.isfile(path):
+        return path
+    if getattr(args, "strategy", None) == "multiworker":
+        from utils.training.distributed import DistributedError, read_tf_config
+        from utils.training.trainer import worker_state_dir
+        try:
+            cluster = read_tf_config()
+        except DistributedError:
+            return None  # train.py reports the bad TF_CONFIG itself
+        if cluster is not None and not cluster.is_chief:
+            path = os.path.join(worker_state_dir(args.save_dir, cluster.rank), "config.yaml")
+            return path if os.path.isfile(path) else None
+    return None
+
+
+def fixed_options_key(args) -> int:
+    """A 24-bit checksum of FIXED_ON_RESUME's values: workers that must train the same model on
+    the same data with the same schedule compare it before the first step (exact in float32)."""
+    import json
+    import zlib
+    text = json.dumps({k: _show(getattr(args, k, None)) for k in FIXED_ON_RESUME}, sort_keys=True)
+    return zlib.crc32(text.encode()) & 0xFFFFFF
+
+
 def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
@@ -181,10 +210,10 @@ def parse_train_args(argv=None, description: str | None = None) -> argparse.Name
     if "--demo" in argv:  # small, quick settings unless the user sets them
         parser.set_defaults(**DEMO_DEFAULTS)
     args = parse_with_config(parser, argv)
-    if args.resume and os.path.isfile(os.path.join(args.save_dir, "config.yaml")):
+    saved_path = saved_config_path(args) if args.resume else None
+    if saved_path:
         # resume with the configuration the run was started with; the command line still wins,
         # except for what the saved state depends on (FIXED_ON_RESUME)
-        saved_path = os.path.join(args.save_dir, "config.yaml")
         saved = parse_with_config(build_train_parser(description), ["--config", saved_path])
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config")

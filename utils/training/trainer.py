@@ -379,7 +379,7 @@ def run(args) -> dict:
     from utils.training import callbacks as cb
     from utils.checkpoint import load_weights
     from utils.inference.runtime import open_model
-    from utils.training.config import save_yaml
+    from utils.training.config import FIXED_ON_RESUME, fixed_options_key, save_yaml
     from utils.data.dataset import EpochSetter, TrainDataset
     from utils.data.augment import AugmentConfig
     from utils.evaluate import evaluate_records, format_table
@@ -409,8 +409,9 @@ def run(args) -> dict:
     if hw[0] % 32 or hw[1] % 32:
         raise TrainError(f"--input-size must be multiples of 32, got {hw[0]}x{hw[1]}")
     config = {k: v for k, v in vars(args).items() if k not in ("config", "tf_logs")}
-    if chief:
-        save_yaml(config, os.path.join(save_dir, "config.yaml"))
+    # the chief's is the run's; another worker keeps a copy with its resume state, which a
+    # --resume on its own machine (no run folder there) reads (config.saved_config_path)
+    save_yaml(config, os.path.join(save_dir if chief else state_dir, "config.yaml"))
     backbone_options = {"taps": args.taps} if getattr(args, "taps", None) else {}  # checked in train.py
     meta = {"backbone": args.backbone, "alpha": args.alpha, "neck_shortcut": args.neck_shortcut,
             **backbone_options, "class_names": class_names,
@@ -428,6 +429,10 @@ def run(args) -> dict:
         strategy = make_strategy(args.strategy)
         if cluster:
             barrier(strategy)
+            keys = gather(strategy, fixed_options_key(args))
+            if min(keys) != max(keys):
+                raise TrainError("the workers were started with different options (model, data, batch or schedule: "
+                                 f"{', '.join(FIXED_ON_RESUME)}); start every worker with the same command")
             epochs = gather(strategy, int(state["epoch"]) if state else 0)
             if min(epochs) != max(epochs):
                 raise TrainError(f"the workers' resume states are at different epochs ({', '.join(f'{e:g}' for e in epochs)} "
