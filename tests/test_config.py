@@ -169,5 +169,6 @@ def test_workers_compare_a_checksum_of_the_options_they_must_share():
     key = fixed_options_key(parse_train_args(["--backbone", "ghostnet"]))
     assert 0 <= key < 2 ** 24  # exact in float32: gathered over workers as one float
     assert key == fixed_options_key(parse_train_args(["--backbone", "ghostnet", "--verbose", "2", "--workers", "1"]))
-    for change in (["--alpha", "0.5"], ["--batch-size", "16"], ["--input-size", "320"], ["--seed", "1"]):
+    for change in (["--alpha", "0.5"], ["--batch-size", "16"], ["--input-size", "320"], ["--seed", "1"],
+                   ["--epochs", "50"], ["--momentum", "0.9"], ["--no-mosaic"], ["--ignore-thresh", "0.7"]):
         assert fixed_options_key(parse_train_args(["--backbone", "ghostnet", *change])) != key, change

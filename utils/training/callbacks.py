@@ -97,7 +97,7 @@ class StepCount(keras.callbacks.Callback):
             self.start = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_batch_end(self, batch, logs=None):
-        self.done += 1
+        self.done = batch + 1  # the step that ended (also with several steps per execution)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.start is None:

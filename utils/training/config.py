@@ -189,12 +189,18 @@ def saved_config_path(args) -> str | None:
     return None
 
 
+# Options each worker of a multi-worker run may set for itself (logging, its own loaders and
+# timeouts); every other option shapes the model, the data, the loss or the schedule.
+PER_WORKER = ("config", "tf_logs", "verbose", "workers", "connect_timeout", "eval_batch_size", "tensorboard",
+              "exist_ok", "resume", "save_dir")
+
+
 def fixed_options_key(args) -> int:
-    """A 24-bit checksum of FIXED_ON_RESUME's values: workers that must train the same model on
-    the same data with the same schedule compare it before the first step (exact in float32)."""
+    """A 24-bit checksum of every option but PER_WORKER's: the workers of one run compare it
+    before the first step (exact in float32, gathered as one float)."""
     import json
     import zlib
-    text = json.dumps({k: _show(getattr(args, k, None)) for k in FIXED_ON_RESUME}, sort_keys=True)
+    text = json.dumps({k: _show(v) for k, v in vars(args).items() if k not in PER_WORKER}, sort_keys=True)
     return zlib.crc32(text.encode()) & 0xFFFFFF
 
 

@@ -379,7 +379,7 @@ def run(args) -> dict:
     from utils.training import callbacks as cb
     from utils.checkpoint import load_weights
     from utils.inference.runtime import open_model
-    from utils.training.config import FIXED_ON_RESUME, fixed_options_key, save_yaml
+    from utils.training.config import PER_WORKER, fixed_options_key, save_yaml
     from utils.data.dataset import EpochSetter, TrainDataset
     from utils.data.augment import AugmentConfig
     from utils.evaluate import evaluate_records, format_table
@@ -431,8 +431,9 @@ def run(args) -> dict:
             barrier(strategy)
             keys = gather(strategy, fixed_options_key(args))
             if min(keys) != max(keys):
-                raise TrainError("the workers were started with different options (model, data, batch or schedule: "
-                                 f"{', '.join(FIXED_ON_RESUME)}); start every worker with the same command")
+                raise TrainError("the workers were started with different options (every option but "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in PER_WORKER)} must be the same); "
+                                 "start every worker with the same command")
             epochs = gather(strategy, int(state["epoch"]) if state else 0)
             if min(epochs) != max(epochs):
                 raise TrainError(f"the workers' resume states are at different epochs ({', '.join(f'{e:g}' for e in epochs)} "
