@@ -140,14 +140,14 @@ def test_a_worker_on_another_machine_resumes_from_its_own_copy_of_the_configurat
     import os
 
     from utils.training.config import parse_train_args, saved_config_path
-    from utils.training.trainer import worker_state_dir
+    from utils.training.distributed import worker_state_dir
 
     run = tmp_path / "run_on_the_chief"  # not created here: this "machine" is worker 1's
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
                                                 "task": {"type": "worker", "index": 1}}))
     base = ["--resume", "--save-dir", str(run), "--strategy", "multiworker"]
     assert saved_config_path(parse_train_args(base)) is None  # nothing saved yet: the command line alone
-    monkeypatch.setattr("utils.training.trainer.tempfile.gettempdir", lambda: str(tmp_path))  # not the real one
+    monkeypatch.setattr("utils.training.distributed.tempfile.gettempdir", lambda: str(tmp_path))  # not the real one
     own = worker_state_dir(str(run), 1)
     os.makedirs(own)
     started = parse_train_args(["--save-dir", str(run), "--strategy", "multiworker", "--backbone", "ghostnet",

@@ -125,7 +125,7 @@ def test_two_workers_killed_mid_epoch_resume_and_finish(tmp_path):
     assert set(os.listdir(run)) <= {"config.yaml", "log.csv", "curves.png", "best.keras", "last.keras", "resume.json",
                                     "resume_0.weights.h5", "resume_1.weights.h5"}
 
-    from utils.training.trainer import worker_state_dir
+    from utils.training.distributed import worker_state_dir
     other = __import__("pathlib").Path(worker_state_dir(str(run), 1))
     state = json.loads((other / "resume.json").read_text())
     assert state["epoch"] == 1

@@ -172,13 +172,12 @@ FIXED_ON_RESUME = ("backbone", "alpha", "input_size", "taps", "neck_shortcut", "
 def saved_config_path(args) -> str | None:
     """The configuration a --resume'd run was started with: <save-dir>/config.yaml, which the
     chief writes; a worker of a multi-worker run on another machine has no run folder and reads
-    the copy it keeps with its resume state (trainer.worker_state_dir). None when neither exists."""
+    the copy it keeps with its resume state (distributed.worker_state_dir). None when neither exists."""
     path = os.path.join(args.save_dir, "config.yaml")
     if os.path.isfile(path):
         return path
     if getattr(args, "strategy", None) == "multiworker":
-        from utils.training.distributed import DistributedError, read_tf_config
-        from utils.training.trainer import worker_state_dir
+        from utils.training.distributed import DistributedError, read_tf_config, worker_state_dir
         try:
             cluster = read_tf_config()
         except DistributedError:

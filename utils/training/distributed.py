@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import sys
+import tempfile
 
 ENV = "TF_CONFIG"
 TASK_TYPES = ("chief", "worker")
@@ -136,3 +138,11 @@ def deadline(seconds: float, what: str):
     finally:
         watchdog.stdin.close()  # done in time: the watchdog returns at once
         watchdog.wait()
+
+
+def worker_state_dir(save_dir, rank: int) -> str:
+    """Where a worker other than the chief keeps its resume state (and its copy of the run's
+    config.yaml): a folder of its own on its machine, named after the run folder, so that a
+    restarted job finds it again."""
+    key = hashlib.sha1(os.path.abspath(save_dir).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), "yolov4lite_workers", f"{key}_worker{rank}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import shutil
 import sys
@@ -263,13 +262,6 @@ def read_cluster(args):
     return cluster
 
 
-def worker_state_dir(save_dir, rank: int) -> str:
-    """Where a worker other than the chief keeps its resume state: a folder of its own on its
-    machine, named after the run folder, so that a restarted job finds it again."""
-    key = hashlib.sha1(os.path.abspath(save_dir).encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), "yolov4lite_workers", f"{key}_worker{rank}")
-
-
 def barrier(strategy) -> None:
     """One all-reduce over every replica: returns once every worker is connected."""
     import tensorflow as tf
@@ -385,7 +377,7 @@ def run(args) -> dict:
     from utils.evaluate import evaluate_records, format_table
     from utils.inference.detector import Detector
     from utils.targets import load_anchors
-    from utils.training.distributed import deadline
+    from utils.training.distributed import deadline, worker_state_dir
 
     keras.utils.set_random_seed(args.seed)
     save_dir = args.save_dir
