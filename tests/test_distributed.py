@@ -110,10 +110,19 @@ def test_two_workers_killed_mid_epoch_resume_and_finish(tmp_path):
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("rc", launcher.run()))
     thread.start()
+    from utils.training.distributed import worker_state_dir
+    other = __import__("pathlib").Path(worker_state_dir(str(run), 1))
+
+    def epoch_done(folder):  # each worker writes its own resume state at the epoch's end
+        state = folder / "resume.json"
+        try:
+            return json.loads(state.read_text())["epoch"] == 1
+        except (OSError, ValueError, KeyError):
+            return False
+
     deadline_at = time.monotonic() + 600
     while time.monotonic() < deadline_at and thread.is_alive():
-        state = run / "resume.json"
-        if state.is_file() and json.loads(state.read_text())["epoch"] == 1:
+        if epoch_done(run) and epoch_done(other):  # worker 1 may write its state after the chief
             break
         time.sleep(0.05)
     os.kill(launcher.procs[1].pid, signal.SIGKILL)  # mid-epoch 2 (14 steps of batch 2)
@@ -125,8 +134,6 @@ def test_two_workers_killed_mid_epoch_resume_and_finish(tmp_path):
     assert set(os.listdir(run)) <= {"config.yaml", "log.csv", "curves.png", "best.keras", "last.keras", "resume.json",
                                     "resume_0.weights.h5", "resume_1.weights.h5"}
 
-    from utils.training.distributed import worker_state_dir
-    other = __import__("pathlib").Path(worker_state_dir(str(run), 1))
     state = json.loads((other / "resume.json").read_text())
     assert state["epoch"] == 1
     mine, chiefs = _h5_arrays(other / state["weights"]), _h5_arrays(run / state["weights"])
