@@ -6,7 +6,8 @@ export it, evaluate every export on the test split and time it at batch 1.
     python compare.py --configs all --latency-only --input-size 320        # no training: params, GFLOPs, latency
     python compare.py --configs all --out runs/compare/bccd ...            # the same command again continues
 
-A configuration is backbone[:alpha][@size] ('all' = every backbone at its default alpha).
+A configuration is backbone[:alpha[:neck]][@size] ('all' = every backbone at its default alpha;
+neck = the neck width, train.py's --neck-width, e.g. mobilenetv3small:1.0:0.5@320).
 Every option this command does not know is a train.py option and goes to each training run
 (data, --epochs, --batch-size, ...). Writes <out>/<config>/ (the run, its exports and
 result.json), results.csv, results.md and speed_vs_map.png. A stopped comparison continues
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: train.py's options pass through; none may be taken for an abbreviation of ours
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--configs", nargs="+", required=True, metavar="BACKBONE[:ALPHA][@SIZE]",
+    p.add_argument("--configs", nargs="+", required=True, metavar="BACKBONE[:ALPHA[:NECK]][@SIZE]",
                    help="configurations to compare, e.g. mobilenetv2:0.5@320 ghostnet; 'all' = every backbone")
     p.add_argument("--out", default=os.path.join("runs", "compare", "exp"),
                    help="comparison folder (default runs/compare/exp); the same folder continues a stopped comparison")

@@ -50,6 +50,9 @@ def main(argv=None):
     p.add_argument("--anchors", default=str(ROOT / "model_data" / "bccd_anchors_320.txt"),
                    help="anchors for the configurations (default: BCCD k-means anchors at 320)")
     p.add_argument("--runs", type=int, default=50, help="timed runs of the quiet latency pass")
+    p.add_argument("--section", default=SECTION,
+                   help=f"docs/benchmarks.md section to record in (default {SECTION!r}; another title keeps that "
+                        "section and records beside it, its plot in docs/<title>.png)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     if not (BCCD / "Annotations").is_dir():
@@ -95,9 +98,11 @@ def main(argv=None):
     print("\n".join(lines + ["", ref_line, verdict]))
     if not args.no_record:
         from benchmarks._record import command_line, record
-        png = ROOT / "docs" / "compare_bccd.png"
+        slug = "compare_bccd" if args.section == SECTION else "".join(
+            c if c.isalnum() else "_" for c in args.section.lower()).strip("_")
+        png = ROOT / "docs" / f"{slug}.png"
         shutil.copyfile(os.path.join(args.out, "speed_vs_map.png"), png)
-        record(SECTION, command_line("compare_bccd.py", argv),
+        record(args.section, command_line("compare_bccd.py", argv),
                f"From scratch on BCCD (train 205, val 87, test 72 images), one recipe for every configuration: "
                f"{args.epochs} epochs, batch 8, AdamW, EMA, mosaic/mixup (train.py's defaults), BCCD k-means "
                "anchors at 320. Test mAP@0.5 of each file through its own runtime; 'ms' is the batch-1 median "
@@ -105,7 +110,7 @@ def main(argv=None):
                "table and the plot); 'ms (pass 2)' the same configuration with random weights in the "
                "latency-only pass that also timed the reference, from which the ratios are taken.",
                lines, ref_line + ". " + verdict + ". Plot: docs/compare_bccd.png (the YOLOv8n point is the "
-               "issue's figure from a Xeon, not measured here).")
+               "issue's figure from a Xeon, not measured here).".replace("docs/compare_bccd.png", f"docs/{slug}.png"))
     return 0
 
 

@@ -35,7 +35,7 @@ def conv_flops(model: keras.Model) -> int:
     return int(total)
 
 
-def report_rows(input_size, num_classes, backbones=None, alpha=None):
+def report_rows(input_size, num_classes, backbones=None, alpha=None, neck_width=None):
     from nets.backbones import available_backbones, get_spec
     from nets.yolo import yolo_body
 
@@ -43,9 +43,10 @@ def report_rows(input_size, num_classes, backbones=None, alpha=None):
     for name in backbones or available_backbones():
         spec = get_spec(name)
         a = spec.default_alpha if alpha is None else alpha
-        model = yolo_body(input_size, num_classes, backbone=name, alpha=a)
+        model = yolo_body(input_size, num_classes, backbone=name, alpha=a, neck_width=neck_width)
         rows.append({
-            "backbone": name, "alpha": a, "params": model.count_params(),
+            "backbone": name, "alpha": a, "neck": a if neck_width is None else neck_width,
+            "params": model.count_params(),
             "gflops": conv_flops(model) / 1e9,
             "heads": [tuple(int(d) for d in o.shape[1:]) for o in model.outputs],
         })
@@ -54,8 +55,12 @@ def report_rows(input_size, num_classes, backbones=None, alpha=None):
 
 
 def format_rows(rows, markdown=False) -> str:
-    head = ["backbone", "alpha", "params (M)", "GFLOPs", "head s32", "head s16", "head s8"]
-    body = [[r["backbone"], f"{r['alpha']:g}", f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}",
+    # the neck column only where a row's neck width is set apart from its alpha (--neck-width)
+    neck = any(r.get("neck", r["alpha"]) != r["alpha"] for r in rows)
+    head = ["backbone", "alpha", *(["neck"] if neck else []), "params (M)", "GFLOPs", "head s32", "head s16",
+            "head s8"]
+    body = [[r["backbone"], f"{r['alpha']:g}", *([f"{r.get('neck', r['alpha']):g}"] if neck else []),
+             f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}",
              *("x".join(map(str, h)) for h in r["heads"])] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -73,11 +78,13 @@ def main(argv=None) -> int:
     p.add_argument("--num-classes", type=int, default=20, help="number of classes (default 20, VOC)")
     p.add_argument("--backbones", nargs="*", help="backbone names (default: every registered one)")
     p.add_argument("--alpha", type=float, help="width multiplier for all (default: each family's default)")
+    p.add_argument("--neck-width", type=float,
+                   help="width multiplier of the neck and heads (default: each row's alpha; train.py --neck-width)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table (for the README)")
     args = p.parse_args(argv)
     size = args.input_size * 2 if len(args.input_size) == 1 else args.input_size[:2]
     try:
-        rows = report_rows(size, args.num_classes, args.backbones, args.alpha)
+        rows = report_rows(size, args.num_classes, args.backbones, args.alpha, args.neck_width)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,21 @@ def test_configurations_parse_with_defaults_and_all():
         Config("ghostnet", 1.0, 416), Config("squeezenet", 1.0, 416)]
     assert Config("mobilenetv2", 0.5, 320).name == "mobilenetv2-a0.5-320"
     assert Config("mobilenetv2", 0.5, 320).spec == "mobilenetv2:0.5@320"
+    # a neck width of its own: the third field, in the run folder's name and in the spec
+    (narrow,) = parse_config("mobilenetv2:1.0:0.5@320", 416)
+    assert narrow == Config("mobilenetv2", 1.0, 320, 0.5) != Config("mobilenetv2", 1.0, 320)
+    assert (narrow.name, narrow.spec) == ("mobilenetv2-a1-n0.5-320", "mobilenetv2:1:0.5@320")
+    assert parse_config(narrow.spec, 416) == [narrow]
+
+
+def test_a_configuration_s_neck_width_reaches_train_py(tmp_path):
+    (cfg,) = parse_config("mobilenetv1:0.25:0.5@128", 416)
+    cmp = Comparison(tmp_path, [cfg], ["--epochs", "1"], ["keras"])
+    args = cmp.train_args(cfg)
+    assert (args.backbone, args.alpha, args.neck_width, args.input_size) == ("mobilenetv1", 0.25, 0.5, [128])
+    assert cmp.train_args(Config("mobilenetv1", 0.25, 128)).neck_width is None
+    with pytest.raises(CompareError, match="--neck-width is set by the comparison"):
+        Comparison(tmp_path, [cfg], ["--neck-width", "0.5"], ["keras"])
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -38,6 +53,8 @@ def test_configurations_parse_with_defaults_and_all():
     ("ghostnet@big", "size 'big' is not a whole number"),
     ("ghostnet:wide", "alpha 'wide' is not a number"),
     ("all:0.5", "'all' takes each family's default alpha"),
+    ("ghostnet:1.0:0", "configuration 'ghostnet:1.0:0': neck width must be in (0, 4]"),
+    ("ghostnet:1.0:thin", "neck width must be a number, got 'thin'"),
 ])
 def test_bad_configurations_are_one_clear_message(spec, message):
     with pytest.raises(CompareError, match=message.replace("(", r"\(").replace(")", r"\)")):

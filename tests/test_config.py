@@ -114,9 +114,19 @@ def test_resume_refuses_what_the_saved_state_depends_on(tmp_path):
         parse_train_args(base + ["--input-size", "320"])
     with pytest.raises(ValueError, match="--seed 0 -> 3"):
         parse_train_args(base + ["--seed", "3"])
+    with pytest.raises(ValueError, match="--neck-width None -> 0.5"):
+        parse_train_args(base + ["--neck-width", "0.5"])
     # what may change: the end of the run, evaluation and logging
     args = parse_train_args(base + ["--epochs", "20", "--eval-every", "2", "--no-tensorboard", "--workers", "1"])
     assert (args.epochs, args.eval_every, args.tensorboard, args.workers) == (20, 2, False, 1)
+
+
+def test_neck_width_is_checked_when_parsed():
+    from utils.training.config import parse_train_args
+    assert parse_train_args(["--root", "data/VOC", "--neck-width", "0.5"]).neck_width == 0.5
+    assert parse_train_args(["--root", "data/VOC"]).neck_width is None
+    with pytest.raises(ValueError, match=r"--neck-width must be in \(0, 4\]"):
+        parse_train_args(["--root", "data/VOC", "--neck-width", "0"])
 
 
 def test_resume_with_the_same_config_file_as_the_start(tmp_path):

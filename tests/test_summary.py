@@ -68,6 +68,12 @@ def test_format_rows_by_hand():
     assert set(text[1]) == {"-", " "} and text[2].split() == ["tiny", "0.5", "1.23", "4.57", "2x3x21", "4x6x21",
                                                               "8x12x21"]
     assert text[2].index("0.5") == text[3].index("1") == text[0].index("alpha")  # aligned columns
+    # a neck width set apart from the alpha gets its own column
+    rows[0]["neck"] = 0.25
+    md = format_rows(rows, markdown=True).splitlines()
+    assert md[0] == "| backbone | alpha | neck | params (M) | GFLOPs | head s32 | head s16 | head s8 |"
+    assert md[2] == "| tiny | 0.5 | 0.25 | 1.23 | 4.57 | 2x3x21 | 4x6x21 | 8x12x21 |"
+    assert md[3].startswith("| a_longer_name | 1 | 1 | 25.00 |")
 
 
 def test_cli_errors_exit_2_without_building(capsys):

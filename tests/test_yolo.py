@@ -52,6 +52,28 @@ def test_neck_scales_with_alpha_and_kernels_get_weight_decay():
     assert len(model.losses) > 20 and all(float(v) > 0 for v in model.losses)
 
 
+def test_neck_width_sets_the_neck_apart_from_the_backbone():
+    """--neck-width scales the neck and heads alone: the backbone's layers and weights are those
+    of its alpha, the neck's channels those of the neck width, and the FLOPs drop with it."""
+    from nets.summary import conv_flops
+    full = yolo_body((128, 128), NUM_CLASSES, backbone="mobilenetv1", alpha=0.5)
+    narrow = yolo_body((128, 128), NUM_CLASSES, backbone="mobilenetv1", alpha=0.5, neck_width=0.25)
+    assert yolo_body((128, 128), NUM_CLASSES, backbone="mobilenetv1", alpha=0.5,
+                     neck_width=0.5).count_params() == full.count_params()  # the default is the alpha
+    backbone = [l.name for l in full.layers if l.weights and not l.name.startswith(("neck_", "spp_", "head_"))]
+    for name in backbone:
+        assert [w.shape for w in full.get_layer(name).weights] == [w.shape for w in narrow.get_layer(name).weights]
+    c8, c16, c32 = neck_widths(0.25)
+    assert (c8, c16, c32) == (32, 64, 128)
+    assert narrow.get_layer("neck_p5_c1_conv").filters == c32 and full.get_layer("neck_p5_c1_conv").filters == 256
+    assert narrow.get_layer("neck_p3_c1_conv").filters == c8
+    assert [o.shape for o in narrow.outputs] == [o.shape for o in full.outputs]
+    assert conv_flops(narrow) < 0.6 * conv_flops(full)  # the neck and heads are ~3/4 of the FLOPs here
+    for bad in (0, -1, 5, float("nan"), "wide"):
+        with pytest.raises(ValueError, match="neck_width must be"):
+            yolo_body((128, 128), NUM_CLASSES, backbone="mobilenetv1", alpha=0.5, neck_width=bad)
+
+
 def test_bad_input_size_and_unknown_backbone_are_clear_errors():
     with pytest.raises(ValueError, match="multiples of 32"):
         yolo_body((300, 320), NUM_CLASSES)

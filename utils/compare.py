@@ -5,8 +5,9 @@ it, evaluate every export on the test split and time it at batch 1 (compare.py's
                      ["--root", "../shared/data/BCCD", "--classes", "model_data/bccd_classes.txt", "--epochs", "30"])
     cmp.run()
 
-A configuration is ``backbone[:alpha][@size]`` (alpha: the family's default when left out;
-size: the recipe's ``--input-size``). Each one trains with train.py's own code
+A configuration is ``backbone[:alpha[:neck]][@size]`` (alpha: the family's default when left
+out; neck: the neck width, train.py's ``--neck-width``, the alpha when left out; size: the
+recipe's ``--input-size``). Each one trains with train.py's own code
 (utils.training.trainer.run) into ``<out>/<name>/``, with the recipe's options and its own
 backbone, alpha, input size and save folder. Then best.keras is evaluated on the test split
 of the same data (VOC mAP@0.5, COCO mAP@[.5:.95], per-class AP), exported to each runtime
@@ -61,23 +62,29 @@ class Config:
     backbone: str
     alpha: float
     size: int
+    neck: float | None = None  # neck width (yolo_body's neck_width); None: the alpha
 
     @property
     def name(self) -> str:
-        """Folder name of the configuration's run, e.g. ``mobilenetv2-a0.5-320``."""
-        return f"{self.backbone}-a{self.alpha:g}-{self.size}"
+        """Folder name of the configuration's run, e.g. ``mobilenetv2-a0.5-320`` or, with a
+        neck width of its own, ``mobilenetv2-a1-n0.5-320``."""
+        neck = f"-n{self.neck:g}" if self.neck is not None else ""
+        return f"{self.backbone}-a{self.alpha:g}{neck}-{self.size}"
 
     @property
     def spec(self) -> str:
         """The configuration as written on the command line, e.g. ``mobilenetv2:0.5@320``."""
-        return f"{self.backbone}:{self.alpha:g}@{self.size}"
+        neck = f":{self.neck:g}" if self.neck is not None else ""
+        return f"{self.backbone}:{self.alpha:g}{neck}@{self.size}"
 
 
 def parse_config(spec: str, default_size: int) -> list[Config]:
-    """``backbone[:alpha][@size]`` -> [Config]; ``all[@size]`` -> every registered backbone at
-    its default alpha. Unknown backbones or alphas and sizes that are not positive multiples
-    of 32 are a CompareError naming the configuration and what is valid."""
+    """``backbone[:alpha[:neck]][@size]`` -> [Config]; ``all[@size]`` -> every registered
+    backbone at its default alpha. Unknown backbones or alphas, a neck width out of range and
+    sizes that are not positive multiples of 32 are a CompareError naming the configuration
+    and what is valid."""
     from nets.backbones import available_backbones, check_alpha
+    from nets.yolo import check_neck_width
 
     text = str(spec).strip()
     body, _, size_text = text.partition("@")
@@ -88,9 +95,10 @@ def parse_config(spec: str, default_size: int) -> list[Config]:
     if size <= 0 or size % 32:
         raise CompareError(f"configuration {spec!r}: input size {size} is not a positive multiple of 32")
     name, _, alpha_text = body.partition(":")
+    alpha_text, _, neck_text = alpha_text.partition(":")
     name = name.strip().lower()
     if name == "all":
-        if alpha_text:
+        if alpha_text or neck_text:
             raise CompareError(f"configuration {spec!r}: 'all' takes each family's default alpha; give no alpha")
         return [Config(b, check_alpha(b, None), size) for b in available_backbones()]
     try:
@@ -98,7 +106,8 @@ def parse_config(spec: str, default_size: int) -> list[Config]:
     except ValueError:
         raise CompareError(f"configuration {spec!r}: alpha {alpha_text!r} is not a number") from None
     try:
-        return [Config(name, check_alpha(name, alpha), size)]
+        neck = check_neck_width(neck_text, "neck width") if neck_text else None
+        return [Config(name, check_alpha(name, alpha), size, neck)]
     except ValueError as exc:
         raise CompareError(f"configuration {spec!r}: {exc}") from None
 
@@ -236,7 +245,8 @@ class Comparison:
         self.retime = bool(retime)
         self.num_classes = int(num_classes)
         self.log = log or (lambda *a: None)
-        for flag in ("--backbone", "--alpha", "--input-size", "--save-dir", "--resume", "--exist-ok", "--config"):
+        for flag in ("--backbone", "--alpha", "--neck-width", "--input-size", "--save-dir", "--resume", "--exist-ok",
+                     "--config"):
             if flag in self.train_argv:
                 raise CompareError(f"{flag} is set by the comparison for each configuration; leave it out of the "
                                    "training options")
@@ -250,6 +260,7 @@ class Comparison:
         from utils.training.config import parse_train_args
         argv = self.train_argv + ["--backbone", cfg.backbone, "--alpha", f"{cfg.alpha:g}",
                                   "--input-size", str(cfg.size), "--save-dir", self.run_dir(cfg)]
+        argv += ["--neck-width", f"{cfg.neck:g}"] if cfg.neck is not None else []
         argv += ["--resume"] if resume else ["--exist-ok"]
         try:
             return parse_train_args(argv)
@@ -327,7 +338,8 @@ class Comparison:
                          "latency_ms": ms, "p90_ms": p90, "mb": _size(files[runtime]) / 1e6,
                          "file": os.path.relpath(files[runtime], self.out_dir)})
             self.log(f"  {runtime}: mAP@0.5 {rows[-1]['map50']:.3f}, {ms:.1f} ms (p90 {p90:.1f})")
-        return {"config": cfg.spec, "name": cfg.name, "backbone": cfg.backbone, "alpha": cfg.alpha, "size": cfg.size,
+        return {"config": cfg.spec, "name": cfg.name, "backbone": cfg.backbone, "alpha": cfg.alpha,
+                "neck_width": cfg.neck, "size": cfg.size,
                 "latency_only": False, **stats, "train_s": state["train_s"], "epochs": args.epochs,
                 "test_images": len(test), "class_names": class_names, "rows": rows}
 
@@ -368,10 +380,11 @@ class Comparison:
 
         images, class_names, anchors = self._latency_images(cfg.size)
         keras.utils.set_random_seed(0)
-        body = yolo_body((cfg.size, cfg.size), len(class_names), backbone=cfg.backbone, alpha=cfg.alpha)
+        body = yolo_body((cfg.size, cfg.size), len(class_names), backbone=cfg.backbone, alpha=cfg.alpha,
+                         neck_width=cfg.neck)
         set_batchnorm_stats(body, images[:8])
         meta = {"class_names": class_names, "anchors": anchors.tolist(), "input_shape": [cfg.size, cfg.size],
-                "backbone": cfg.backbone, "alpha": cfg.alpha}
+                "backbone": cfg.backbone, "alpha": cfg.alpha, "neck_width": cfg.neck}
         run_dir = self.run_dir(cfg)
         os.makedirs(run_dir, exist_ok=True)
         files = {"keras": save_detector(body, os.path.join(run_dir, "random.keras"), meta)}
@@ -388,7 +401,8 @@ class Comparison:
                          "latency_ms": ms, "p90_ms": p90, "mb": _size(files[runtime]) / 1e6,
                          "file": os.path.relpath(files[runtime], self.out_dir)})
             self.log(f"  {runtime}: {ms:.1f} ms (p90 {p90:.1f})")
-        return {"config": cfg.spec, "name": cfg.name, "backbone": cfg.backbone, "alpha": cfg.alpha, "size": cfg.size,
+        return {"config": cfg.spec, "name": cfg.name, "backbone": cfg.backbone, "alpha": cfg.alpha,
+                "neck_width": cfg.neck, "size": cfg.size,
                 "latency_only": True, **model_stats(body), "train_s": None, "epochs": 0, "test_images": 0,
                 "class_names": class_names, "rows": rows}
 
@@ -432,7 +446,7 @@ def _size(path) -> int:
 
 # ----------------------------------------------------------------------------- reports
 
-CSV_FIELDS = ("config", "backbone", "alpha", "size", "runtime", "map50", "map50_95", "latency_ms", "p90_ms",
+CSV_FIELDS = ("config", "backbone", "alpha", "neck_width", "size", "runtime", "map50", "map50_95", "latency_ms", "p90_ms",
               "params_m", "gflops", "size_mb", "train_min", "epochs")
 
 
@@ -441,7 +455,9 @@ def flat_rows(results) -> list[dict]:
     rows = []
     for res in results:
         for r in res["rows"]:
-            row = {"config": res["config"], "backbone": res["backbone"], "alpha": res["alpha"], "size": res["size"],
+            neck = res.get("neck_width")  # the neck's own width; the alpha when it has none
+            row = {"config": res["config"], "backbone": res["backbone"], "alpha": res["alpha"],
+                   "neck_width": res["alpha"] if neck is None else neck, "size": res["size"],
                    "runtime": r["runtime"], "map50": r["map50"], "map50_95": r["map50_95"],
                    "latency_ms": r["latency_ms"], "p90_ms": r["p90_ms"], "params_m": res["params"] / 1e6,
                    "gflops": res["gflops"], "size_mb": r["mb"],

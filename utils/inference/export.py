@@ -318,6 +318,7 @@ def _base_meta(meta: dict, model) -> dict:
         "anchors": np.asarray(meta["anchors"], float).reshape(-1, 2).tolist(),
         "anchor_masks": ANCHOR_MASKS, "strides": STRIDES, "anchors_per_scale": aps,
         "input_shape": hw, "backbone": meta.get("backbone"), "alpha": meta.get("alpha"),
+        **({"neck_width": meta["neck_width"]} if meta.get("neck_width") is not None else {}),
         **({"data": meta["data"]} if meta.get("data") else {}),  # the training run's dataset and split (eval_map.py)
         "model_name": model.name,
         "preprocessing": {"resize": "letterbox (aspect kept, centred, utils/letterbox.py)", "pad_value": 128,

@@ -90,6 +90,10 @@ def build_train_parser(description: str | None = None) -> argparse.ArgumentParse
     m.add_argument("--neck-shortcut", action=argparse.BooleanOptionalAction, default=True,
                    help="residual five-conv blocks in the neck (default on; --no-neck-shortcut = the plain "
                         "reference neck, which barely trains from scratch: see nets/yolo.py)")
+    m.add_argument("--neck-width", type=float, default=None,
+                   help="width multiplier of the neck and heads alone (128/256/512 channels times it; default: "
+                        "--alpha). The neck computes most of a light detector's FLOPs: e.g. --alpha 1.0 "
+                        "--neck-width 0.5 keeps the full backbone at a fraction of the cost")
     m.add_argument("--taps", choices=["expanded", "projected"], default=None,
                    help="mobilenetv2 only: tap the expanded (192/576/1280 ch, default) or the projected block "
                         "outputs (32/96/320 ch: 1.05 M parameters and 0.58 GFLOPs fewer at 416)")
@@ -163,7 +167,7 @@ DEMO_DEFAULTS = {"input_size": [256], "backbone": "mobilenetv2", "alpha": 0.5, "
 
 # What the saved state of a run depends on: refused when it changes on --resume. --epochs may
 # change (utils.training.callbacks.lr_at's restart rule), as may logging, evaluation, workers.
-FIXED_ON_RESUME = ("backbone", "alpha", "input_size", "taps", "neck_shortcut", "anchors", "classes", "data",
+FIXED_ON_RESUME = ("backbone", "alpha", "input_size", "taps", "neck_shortcut", "neck_width", "anchors", "classes", "data",
                    "format", "root", "images", "annotations", "split_ratios", "seed", "train_split", "val_split",
                    "batch_size", "freeze_batch_size", "freeze_epochs", "optimizer", "lr", "nominal_batch",
                    "min_lr_ratio", "lr_schedule", "warmup_epochs", "ema")
@@ -236,6 +240,9 @@ def parse_train_args(argv=None, description: str | None = None) -> argparse.Name
                              "(--weights PATH/last.keras starts from its weights)")
     if args.taps and args.backbone.lower() != "mobilenetv2":
         raise ValueError(f"--taps is a mobilenetv2 option; backbone {args.backbone!r} has one set of taps")
+    if args.neck_width is not None:
+        from nets.yolo import check_neck_width
+        args.neck_width = check_neck_width(args.neck_width, "--neck-width")
     if args.lr is None:
         args.lr = 1e-2 if args.optimizer == "sgd" else 2e-2
     if args.freeze_epochs is None:
