@@ -403,7 +403,8 @@ def main(argv=None) -> int:
                                              args.frozen, args.compare_bn, **options))
             if not args.json:
                 table = format_table(rows)
-                print("\n".join(table[:2] if len(rows) == 1 else table[-1:]), flush=True)
+                new = table[-len(variants):]  # this backbone's rows (two for mobilenetv2 with both taps)
+                print("\n".join(table[:2] + new[1:] if len(rows) == len(variants) else new), flush=True)
         if args.json:
             print(JSON_TAG + json.dumps(rows), flush=True)
             return 0
