@@ -16,7 +16,9 @@ latency pass that puts every trained configuration beside mobilenetv2 x1.0 at 41
    ones here; step 1's latencies were taken while training ran on the same CPUs.
 
 Records the table, the ratios and the plot (docs/compare_bccd.png) in docs/benchmarks.md
-(section "Backbone comparison on BCCD"; --no-record to skip).
+(section "Backbone comparison on BCCD"; --no-record to skip). ``--section TITLE --plot NAME.png``
+records another comparison (e.g. neck widths) beside that one instead of over it, its plot in
+docs/NAME.png (default: the title as a file name).
 """
 from __future__ import annotations
 
@@ -52,9 +54,17 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=50, help="timed runs of the quiet latency pass")
     p.add_argument("--section", default=SECTION,
                    help=f"docs/benchmarks.md section to record in (default {SECTION!r}; another title keeps that "
-                        "section and records beside it, its plot in docs/<title>.png)")
+                        "section and records beside it)")
+    p.add_argument("--plot", default=None,
+                   help="file name of the plot in docs/ (default: compare_bccd.png for the default section, "
+                        "else the section title in lower case with '_' for every other character, + .png)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
+    plot = args.plot or ("compare_bccd.png" if args.section == SECTION else "".join(
+        c if c.isalnum() else "_" for c in args.section.lower()).strip("_") + ".png")
+    if plot == ".png" or (args.section != SECTION and plot == "compare_bccd.png") or os.sep in plot:
+        p.error(f"plot file {plot!r}: give --plot NAME.png, a file name other than compare_bccd.png (the default "
+                "section's)")
     if not (BCCD / "Annotations").is_dir():
         sys.exit(f"BCCD not found at {BCCD} (see ../shared/data/README.md)")
 
@@ -98,9 +108,7 @@ def main(argv=None):
     print("\n".join(lines + ["", ref_line, verdict]))
     if not args.no_record:
         from benchmarks._record import command_line, record
-        slug = "compare_bccd" if args.section == SECTION else "".join(
-            c if c.isalnum() else "_" for c in args.section.lower()).strip("_")
-        png = ROOT / "docs" / f"{slug}.png"
+        png = ROOT / "docs" / plot
         shutil.copyfile(os.path.join(args.out, "speed_vs_map.png"), png)
         record(args.section, command_line("compare_bccd.py", argv),
                f"From scratch on BCCD (train 205, val 87, test 72 images), one recipe for every configuration: "
@@ -109,8 +117,8 @@ def main(argv=None):
                "of the file itself, timed again with --retime once training was over (one run for the whole "
                "table and the plot); 'ms (pass 2)' the same configuration with random weights in the "
                "latency-only pass that also timed the reference, from which the ratios are taken.",
-               lines, ref_line + ". " + verdict + ". Plot: docs/compare_bccd.png (the YOLOv8n point is the "
-               "issue's figure from a Xeon, not measured here).".replace("docs/compare_bccd.png", f"docs/{slug}.png"))
+               lines, f"{ref_line}. {verdict}. Plot: docs/{plot} (the YOLOv8n point is the issue's figure from a "
+               "Xeon, not measured here).")
     return 0
 
 

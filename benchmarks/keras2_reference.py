@@ -27,12 +27,12 @@ Records in docs/benchmarks.md, section "Keras 2 reference on the same network".
 from __future__ import annotations
 
 import argparse
+import collections
 import inspect
 import os
 import pathlib
 import statistics
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -148,10 +148,20 @@ def to_tf_keras(model):
 
 
 # ----------------------------------------------------------------------------- timing
+def _tf_keras_version() -> str:
+    import tf_keras
+    return tf_keras.__version__
 
-def compare(backbone: str, alpha: float, size: int, num_classes: int, runs: int, steps: int, batch: int) -> dict:
+
+
+def compare(backbone: str, alpha: float, size: int, num_classes: int, runs: int, steps: int, batch: int,
+            profile: bool = False) -> dict:
+    """Times of the three models (module docstring) and, with ``profile``, tf.profiler's op time
+    of this project's training step by op type."""
     import numpy as np
     import tensorflow as tf
+
+    from benchmarks.latency import profile_ops, time_interleaved
 
     from nets.fold import fold_batchnorm
     from nets.layers import use_keras_batchnorm
@@ -195,21 +205,29 @@ def compare(backbone: str, alpha: float, size: int, num_classes: int, runs: int,
         "ours": make_step(body, body.trainable_variables, keras.optimizers.SGD(1e-6)),
     }
     result = {"params": params[0], "max_diff": diff}
-    for kind, fns, x, n in (("call", calls, x1, runs), ("step", steps_fn, xb, steps)):
-        times = {k: [] for k in fns}
-        for _ in range(5 if kind == "call" else 2):
-            for f in fns.values():
-                np.asarray(tf.nest.flatten(f(x))[0])
-        for _ in range(n):
-            for k, f in fns.items():
-                t = time.perf_counter()
-                np.asarray(tf.nest.flatten(f(x))[0])
-                times[k].append(time.perf_counter() - t)
-        for k, v in times.items():
-            result[f"{kind}_{k}"] = statistics.median(v)
+    for kind, fns, x, n, warmup in (("call", calls, x1, runs, 5), ("step", steps_fn, xb, steps, 2)):
+        for k, (wall, _cpu) in time_interleaved(fns, x, n, warmup).items():
+            result[f"{kind}_{k}"] = statistics.median(wall)
+    if profile:
+        result["profile"] = profile_ops(steps_fn["ours"], xb, 3)
     keras.backend.clear_session()
     tf_keras.backend.clear_session()
     return result
+
+
+OP_GROUPS = (("convolution", ("Conv2D",)), ("depthwise", ("Depthwise",)), ("batch norm", ("BatchNorm",)),
+             ("activation", ("Relu", "Elu", "Sigmoid", "Tanh", "Mish")))
+
+
+def op_groups(by_type: dict) -> dict:
+    """Op time by group (convolution forward/backward, depthwise, batch norm, activation, other)
+    from tf.profiler's time by op type; a type goes to the first group one of whose names it has."""
+    out = collections.Counter()
+    for op_type, ms in by_type.items():
+        group = next((g for g, keys in OP_GROUPS if any(k in op_type for k in keys)
+                      and not (g == "convolution" and "Depthwise" in op_type)), "other")
+        out[group] += ms
+    return dict(out)
 
 
 def main(argv=None):
@@ -221,6 +239,8 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=30, help="timed calls per model (default 30)")
     p.add_argument("--steps", type=int, default=8, help="timed training steps per model (default 8)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--profile", action="store_true",
+                   help="also profile this project's training step (tf.profiler) and split its op time by kind")
     p.add_argument("--no-record", action="store_true", help="do not write docs/benchmarks.md")
     args = p.parse_args(argv)
     try:
@@ -233,8 +253,10 @@ def main(argv=None):
              f"{'K2/ours':>7s} {'before/ours':>11s} | {'step img/s: before':>18s} {'K2':>5s} {'ours':>5s} "
              f"{'ours/K2':>7s} {'ours/before':>11s}"]
     print(lines[0], flush=True)
+    shares = []
     for name in args.backbones:
-        r = compare(name, args.alpha, args.input_size, args.num_classes, args.runs, args.steps, args.batch_size)
+        r = compare(name, args.alpha, args.input_size, args.num_classes, args.runs, args.steps, args.batch_size,
+                    args.profile)
         b = args.batch_size
         line = (f"{name:17s} {r['params']:>11,d} {r['max_diff']:>8.1e} | {1e3 * r['call_before']:>15.1f} "
                 f"{1e3 * r['call_reference']:>6.1f} {1e3 * r['call_ours']:>6.1f} "
@@ -243,17 +265,26 @@ def main(argv=None):
                 f"{r['step_reference'] / r['step_ours']:>6.2f}x {r['step_before'] / r['step_ours']:>10.2f}x")
         print(line, flush=True)
         lines.append(line)
+        if r.get("profile"):
+            groups = op_groups(r["profile"]["type"])
+            total = sum(groups.values())
+            shares.append(f"{name}: " + ", ".join(f"{g} {100 * v / total:.0f}%" for g, v in
+                                                  sorted(groups.items(), key=lambda kv: -kv[1]))
+                          + f" of {total:.0f} ms op time per step (summed over threads)")
+            print(shares[-1], flush=True)
     if not args.no_record:
         record(
             SECTION, command_line("keras2_reference.py", argv),
             f"yolo_body x{args.alpha:g} at {args.input_size}x{args.input_size}, {args.num_classes} classes; "
-            "K2 = the same network rebuilt in tf_keras (Keras 2) by to_tf_keras, run as tf.keras runs it; "
+            f"K2 = the same network rebuilt in tf_keras {_tf_keras_version()} (Keras 2) by to_tf_keras, run as tf.keras runs it; "
             "ours = this project (fused BatchNormalization for training, BN-folded model for the call); "
             "before = this project before issue 12 (Keras 3's BatchNormalization, not folded). "
             f"call: batch 1, median of {args.runs} interleaved calls; step: batch {args.batch_size}, stand-in "
             f"loss (mean square of the heads) + SGD, median of {args.steps} interleaved steps; ratios are "
-            "of speeds (x > 1: ours faster).",
-            lines)
+            "of speeds (x > 1: ours faster); rel diff = the largest output difference between ours and K2 over "
+            "the output's scale.",
+            lines, *([f"Where this project's step spends its op time (tf.profiler, 3 steps; convolution = Conv2D "
+                      "forward, backprop-filter and backprop-input):", shares] if shares else []))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def conv_flops(model: keras.Model) -> int:
 
 def report_rows(input_size, num_classes, backbones=None, alpha=None, neck_width=None):
     from nets.backbones import available_backbones, get_spec
-    from nets.yolo import yolo_body
+    from nets.yolo import effective_neck_width, yolo_body
 
     rows = []
     for name in backbones or available_backbones():
@@ -45,7 +45,7 @@ def report_rows(input_size, num_classes, backbones=None, alpha=None, neck_width=
         a = spec.default_alpha if alpha is None else alpha
         model = yolo_body(input_size, num_classes, backbone=name, alpha=a, neck_width=neck_width)
         rows.append({
-            "backbone": name, "alpha": a, "neck": a if neck_width is None else neck_width,
+            "backbone": name, "alpha": a, "neck": effective_neck_width(a, neck_width),
             "params": model.count_params(),
             "gflops": conv_flops(model) / 1e9,
             "heads": [tuple(int(d) for d in o.shape[1:]) for o in model.outputs],
@@ -79,11 +79,15 @@ def main(argv=None) -> int:
     p.add_argument("--backbones", nargs="*", help="backbone names (default: every registered one)")
     p.add_argument("--alpha", type=float, help="width multiplier for all (default: each family's default)")
     p.add_argument("--neck-width", type=float,
-                   help="width multiplier of the neck and heads (default: each row's alpha; train.py --neck-width)")
+                   help="width multiplier of the neck and heads, in (0, 4] (default: each row's alpha; train.py "
+                        "--neck-width)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table (for the README)")
     args = p.parse_args(argv)
     size = args.input_size * 2 if len(args.input_size) == 1 else args.input_size[:2]
     try:
+        if args.neck_width is not None:
+            from nets.yolo import check_neck_width
+            check_neck_width(args.neck_width, "--neck-width")
         rows = report_rows(size, args.num_classes, args.backbones, args.alpha, args.neck_width)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -53,6 +53,11 @@ def check_neck_width(neck_width, what: str = "neck_width") -> float:
     return value
 
 
+def effective_neck_width(alpha: float, neck_width: float | None) -> float:
+    """The neck's width multiplier: ``neck_width``, or the alpha when it has none of its own."""
+    return float(alpha) if neck_width is None else float(neck_width)
+
+
 def _five_conv(x, filters, wd, name, shortcut=True):
     x = apply_conv_bn(x, filters, 1, activation=ACTIVATION, weight_decay=wd, name=f"{name}_c1")
     for a, b in (("c2", "c3"), ("c4", "c5")):
@@ -114,7 +119,8 @@ def yolo_body(input_shape, num_classes: int, backbone: str = "mobilenetv2", alph
     alpha = check_alpha(backbone, alpha)
     wd = float(weight_decay)
     out_ch = int(anchors_per_scale) * (5 + int(num_classes))
-    c8, c16, c32 = neck_widths(check_neck_width(neck_width) if neck_width is not None else alpha)
+    c8, c16, c32 = neck_widths(effective_neck_width(
+        alpha, None if neck_width is None else check_neck_width(neck_width)))
 
     inputs = keras.Input((h, w, 3), name="image")
     feat3, feat4, feat5 = build_backbone(backbone, inputs, alpha=alpha, weights=backbone_weights,

@@ -34,6 +34,7 @@ def test_configurations_parse_with_defaults_and_all():
     assert narrow == Config("mobilenetv2", 1.0, 320, 0.5) != Config("mobilenetv2", 1.0, 320)
     assert (narrow.name, narrow.spec) == ("mobilenetv2-a1-n0.5-320", "mobilenetv2:1:0.5@320")
     assert parse_config(narrow.spec, 416) == [narrow]
+    assert parse_config("mobilenetv2:1.0:1.0@320", 416) == [Config("mobilenetv2", 1.0, 320)]  # the same network
 
 
 def test_a_configuration_s_neck_width_reaches_train_py(tmp_path):
@@ -42,8 +43,15 @@ def test_a_configuration_s_neck_width_reaches_train_py(tmp_path):
     args = cmp.train_args(cfg)
     assert (args.backbone, args.alpha, args.neck_width, args.input_size) == ("mobilenetv1", 0.25, 0.5, [128])
     assert cmp.train_args(Config("mobilenetv1", 0.25, 128)).neck_width is None
-    with pytest.raises(CompareError, match="--neck-width is set by the comparison"):
-        Comparison(tmp_path, [cfg], ["--neck-width", "0.5"], ["keras"])
+    plain = Config("mobilenetv1", 0.25, 128)  # no neck width of its own: the recipe's would train unreported
+    for recipe in (["--neck-width", "0.5"], ["--neck-width=0.5"], ["--neck-wid", "0.5"]):  # nor its other spellings
+        with pytest.raises(CompareError, match="--neck-width is set by the comparison"):
+            Comparison(tmp_path, [plain], recipe, ["keras"])
+    # results.csv's neck_width: the configuration's own, else the alpha (result.json files from before it existed)
+    narrow = {**_result("mobilenetv1:0.25:0.5@128", [("keras", 0.5, 9.0)]), "neck_width": 0.5}
+    rows = flat_rows([narrow, _result("ghostnet:0.5@320", [("keras", 0.7, 30.0)])])
+    assert [(r["config"], r["alpha"], r["neck_width"]) for r in rows] == [
+        ("mobilenetv1:0.25:0.5@128", 0.25, 0.5), ("ghostnet:0.5@320", 0.5, 0.5)]
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -114,8 +114,9 @@ def test_resume_refuses_what_the_saved_state_depends_on(tmp_path):
         parse_train_args(base + ["--input-size", "320"])
     with pytest.raises(ValueError, match="--seed 0 -> 3"):
         parse_train_args(base + ["--seed", "3"])
-    with pytest.raises(ValueError, match="--neck-width None -> 0.5"):
+    with pytest.raises(ValueError, match="--neck-width 1.0 -> 0.5"):
         parse_train_args(base + ["--neck-width", "0.5"])
+    assert parse_train_args(base + ["--neck-width", "1.0"]).neck_width == 1.0  # = alpha 1.0: the same network
     # what may change: the end of the run, evaluation and logging
     args = parse_train_args(base + ["--epochs", "20", "--eval-every", "2", "--no-tensorboard", "--workers", "1"])
     assert (args.epochs, args.eval_every, args.tensorboard, args.workers) == (20, 2, False, 1)

@@ -62,19 +62,19 @@ class Config:
     backbone: str
     alpha: float
     size: int
-    neck: float | None = None  # neck width (yolo_body's neck_width); None: the alpha
+    neck_width: float | None = None  # yolo_body's neck_width; None: the alpha
 
     @property
     def name(self) -> str:
         """Folder name of the configuration's run, e.g. ``mobilenetv2-a0.5-320`` or, with a
         neck width of its own, ``mobilenetv2-a1-n0.5-320``."""
-        neck = f"-n{self.neck:g}" if self.neck is not None else ""
+        neck = f"-n{self.neck_width:g}" if self.neck_width is not None else ""
         return f"{self.backbone}-a{self.alpha:g}{neck}-{self.size}"
 
     @property
     def spec(self) -> str:
         """The configuration as written on the command line, e.g. ``mobilenetv2:0.5@320``."""
-        neck = f":{self.neck:g}" if self.neck is not None else ""
+        neck = f":{self.neck_width:g}" if self.neck_width is not None else ""
         return f"{self.backbone}:{self.alpha:g}{neck}@{self.size}"
 
 
@@ -99,15 +99,18 @@ def parse_config(spec: str, default_size: int) -> list[Config]:
     name = name.strip().lower()
     if name == "all":
         if alpha_text or neck_text:
-            raise CompareError(f"configuration {spec!r}: 'all' takes each family's default alpha; give no alpha")
+            raise CompareError(f"configuration {spec!r}: 'all' takes each family's default alpha and neck width; "
+                               "give neither")
         return [Config(b, check_alpha(b, None), size) for b in available_backbones()]
     try:
         alpha = float(alpha_text) if alpha_text else None
     except ValueError:
         raise CompareError(f"configuration {spec!r}: alpha {alpha_text!r} is not a number") from None
     try:
+        alpha = check_alpha(name, alpha)
         neck = check_neck_width(neck_text, "neck width") if neck_text else None
-        return [Config(name, check_alpha(name, alpha), size, neck)]
+        # a neck as wide as the alpha is the default network: one configuration, one run folder
+        return [Config(name, alpha, size, None if neck == alpha else neck)]
     except ValueError as exc:
         raise CompareError(f"configuration {spec!r}: {exc}") from None
 
@@ -260,12 +263,16 @@ class Comparison:
         from utils.training.config import parse_train_args
         argv = self.train_argv + ["--backbone", cfg.backbone, "--alpha", f"{cfg.alpha:g}",
                                   "--input-size", str(cfg.size), "--save-dir", self.run_dir(cfg)]
-        argv += ["--neck-width", f"{cfg.neck:g}"] if cfg.neck is not None else []
+        argv += ["--neck-width", f"{cfg.neck_width:g}"] if cfg.neck_width is not None else []
         argv += ["--resume"] if resume else ["--exist-ok"]
         try:
-            return parse_train_args(argv)
+            args = parse_train_args(argv)
         except SystemExit:  # argparse printed what is wrong with the training options
             raise CompareError(f"bad training options: {' '.join(self.train_argv)}") from None
+        if args.neck_width != cfg.neck_width:  # the recipe set it (--neck-width=W, an abbreviation)
+            raise CompareError("--neck-width is set by the comparison for each configuration "
+                               "(backbone:alpha:neck@size); leave it out of the training options")
+        return args
 
     # -- driver
     def run(self, train_fn=None) -> list[dict]:
@@ -339,7 +346,7 @@ class Comparison:
                          "file": os.path.relpath(files[runtime], self.out_dir)})
             self.log(f"  {runtime}: mAP@0.5 {rows[-1]['map50']:.3f}, {ms:.1f} ms (p90 {p90:.1f})")
         return {"config": cfg.spec, "name": cfg.name, "backbone": cfg.backbone, "alpha": cfg.alpha,
-                "neck_width": cfg.neck, "size": cfg.size,
+                "neck_width": cfg.neck_width, "size": cfg.size,
                 "latency_only": False, **stats, "train_s": state["train_s"], "epochs": args.epochs,
                 "test_images": len(test), "class_names": class_names, "rows": rows}
 
@@ -381,10 +388,10 @@ class Comparison:
         images, class_names, anchors = self._latency_images(cfg.size)
         keras.utils.set_random_seed(0)
         body = yolo_body((cfg.size, cfg.size), len(class_names), backbone=cfg.backbone, alpha=cfg.alpha,
-                         neck_width=cfg.neck)
+                         neck_width=cfg.neck_width)
         set_batchnorm_stats(body, images[:8])
         meta = {"class_names": class_names, "anchors": anchors.tolist(), "input_shape": [cfg.size, cfg.size],
-                "backbone": cfg.backbone, "alpha": cfg.alpha, "neck_width": cfg.neck}
+                "backbone": cfg.backbone, "alpha": cfg.alpha, "neck_width": cfg.neck_width}
         run_dir = self.run_dir(cfg)
         os.makedirs(run_dir, exist_ok=True)
         files = {"keras": save_detector(body, os.path.join(run_dir, "random.keras"), meta)}
@@ -402,7 +409,7 @@ class Comparison:
                          "file": os.path.relpath(files[runtime], self.out_dir)})
             self.log(f"  {runtime}: {ms:.1f} ms (p90 {p90:.1f})")
         return {"config": cfg.spec, "name": cfg.name, "backbone": cfg.backbone, "alpha": cfg.alpha,
-                "neck_width": cfg.neck, "size": cfg.size,
+                "neck_width": cfg.neck_width, "size": cfg.size,
                 "latency_only": True, **model_stats(body), "train_s": None, "epochs": 0, "test_images": 0,
                 "class_names": class_names, "rows": rows}
 
@@ -446,18 +453,19 @@ def _size(path) -> int:
 
 # ----------------------------------------------------------------------------- reports
 
-CSV_FIELDS = ("config", "backbone", "alpha", "neck_width", "size", "runtime", "map50", "map50_95", "latency_ms", "p90_ms",
+CSV_FIELDS = ("config", "backbone", "alpha", "neck_width", "size", "runtime", "map50", "map50_95", "latency_ms",
+              "p90_ms",
               "params_m", "gflops", "size_mb", "train_min", "epochs")
 
 
 def flat_rows(results) -> list[dict]:
     """One dict per (configuration, runtime), with per-class AP columns ``ap_<class>``."""
+    from nets.yolo import effective_neck_width
     rows = []
     for res in results:
         for r in res["rows"]:
-            neck = res.get("neck_width")  # the neck's own width; the alpha when it has none
             row = {"config": res["config"], "backbone": res["backbone"], "alpha": res["alpha"],
-                   "neck_width": res["alpha"] if neck is None else neck, "size": res["size"],
+                   "neck_width": effective_neck_width(res["alpha"], res.get("neck_width")), "size": res["size"],
                    "runtime": r["runtime"], "map50": r["map50"], "map50_95": r["map50_95"],
                    "latency_ms": r["latency_ms"], "p90_ms": r["p90_ms"], "params_m": res["params"] / 1e6,
                    "gflops": res["gflops"], "size_mb": r["mb"],

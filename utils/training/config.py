@@ -167,7 +167,8 @@ DEMO_DEFAULTS = {"input_size": [256], "backbone": "mobilenetv2", "alpha": 0.5, "
 
 # What the saved state of a run depends on: refused when it changes on --resume. --epochs may
 # change (utils.training.callbacks.lr_at's restart rule), as may logging, evaluation, workers.
-FIXED_ON_RESUME = ("backbone", "alpha", "input_size", "taps", "neck_shortcut", "neck_width", "anchors", "classes", "data",
+FIXED_ON_RESUME = ("backbone", "alpha", "input_size", "taps", "neck_shortcut", "neck_width", "anchors", "classes",
+                   "data",
                    "format", "root", "images", "annotations", "split_ratios", "seed", "train_split", "val_split",
                    "batch_size", "freeze_batch_size", "freeze_epochs", "optimizer", "lr", "nominal_batch",
                    "min_lr_ratio", "lr_schedule", "warmup_epochs", "ema")
@@ -207,6 +208,15 @@ def fixed_options_key(args) -> int:
     return zlib.crc32(text.encode()) & 0xFFFFFF
 
 
+def _fixed_value(args, key):
+    """What option ``key`` of ``args`` fixes in a run's saved state: the neck width without one
+    of its own is the alpha's (``--neck-width`` None and 1.0 at alpha 1.0 build one network)."""
+    if key == "neck_width":
+        from nets.yolo import effective_neck_width
+        return effective_neck_width(getattr(args, "alpha", 1.0), getattr(args, "neck_width", None))
+    return getattr(args, key, None)
+
+
 def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
@@ -230,10 +240,10 @@ def parse_train_args(argv=None, description: str | None = None) -> argparse.Name
         argv = ["--config", saved_path] + rest
         args = parse_with_config(build_train_parser(description), argv)
         args.resume = True
-        changed = [k for k in FIXED_ON_RESUME if getattr(saved, k, None) != getattr(args, k, None)]
+        changed = [k for k in FIXED_ON_RESUME if _fixed_value(saved, k) != _fixed_value(args, k)]
         if changed:
-            what = "; ".join(f"--{k.replace('_', '-')} {_show(getattr(saved, k))} -> {_show(getattr(args, k))}"
-                             for k in changed)
+            what = "; ".join(f"--{k.replace('_', '-')} {_show(_fixed_value(saved, k))} -> "
+                             f"{_show(_fixed_value(args, k))}" for k in changed)
             raise ValueError(f"--resume: {what}: the model, the data and the batch of a run cannot change when it "
                              f"resumes (its weights, optimizer state and schedule depend on them). Resume "
                              f"{args.save_dir} without them, or start a new run with another --save-dir "
