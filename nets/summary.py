@@ -37,7 +37,8 @@ def conv_flops(model: keras.Model) -> int:
 
 def report_rows(input_size, num_classes, backbones=None, alpha=None, neck_width=None):
     from nets.backbones import available_backbones, get_spec
-    from nets.yolo import effective_neck_width, yolo_body
+    from nets.widths import effective_neck_width
+    from nets.yolo import yolo_body
 
     rows = []
     for name in backbones or available_backbones():
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     size = args.input_size * 2 if len(args.input_size) == 1 else args.input_size[:2]
     try:
         if args.neck_width is not None:
-            from nets.yolo import check_neck_width
+            from nets.widths import check_neck_width
             check_neck_width(args.neck_width, "--neck-width")
         rows = report_rows(size, args.num_classes, args.backbones, args.alpha, args.neck_width)
     except ValueError as exc:

@@ -32,6 +32,7 @@ from keras import layers
 
 from nets.backbones import build_backbone, check_alpha
 from nets.layers import apply_conv_bn, apply_dwsep, make_divisible
+from nets.widths import check_neck_width, effective_neck_width  # noqa: F401  (also nets.yolo's API)
 
 ACTIVATION = "relu6"
 OUTPUT_NAMES = ("head_p5_out", "head_p4_out", "head_p3_out")  # strides 32, 16, 8
@@ -40,22 +41,6 @@ OUTPUT_NAMES = ("head_p5_out", "head_p4_out", "head_p3_out")  # strides 32, 16, 
 def neck_widths(alpha: float) -> tuple[int, int, int]:
     """Neck widths for strides 8, 16, 32: 128/256/512 scaled by alpha (min 16, /8)."""
     return tuple(max(16, make_divisible(c * alpha, 8)) for c in (128, 256, 512))
-
-
-def check_neck_width(neck_width, what: str = "neck_width") -> float:
-    """``neck_width`` as a float in (0, 4]; anything else is a ValueError naming ``what``."""
-    try:
-        value = float(neck_width)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {neck_width!r}") from None
-    if not 0.0 < value <= 4.0:  # also rejects NaN
-        raise ValueError(f"{what} must be in (0, 4] (a multiplier of 128/256/512 channels), got {neck_width!r}")
-    return value
-
-
-def effective_neck_width(alpha: float, neck_width: float | None) -> float:
-    """The neck's width multiplier: ``neck_width``, or the alpha when it has none of its own."""
-    return float(alpha) if neck_width is None else float(neck_width)
 
 
 def _five_conv(x, filters, wd, name, shortcut=True):

@@ -47,6 +47,8 @@ def test_a_configuration_s_neck_width_reaches_train_py(tmp_path):
     for recipe in (["--neck-width", "0.5"], ["--neck-width=0.5"], ["--neck-wid", "0.5"]):  # nor its other spellings
         with pytest.raises(CompareError, match="--neck-width is set by the comparison"):
             Comparison(tmp_path, [plain], recipe, ["keras"])
+    with pytest.raises(CompareError, match="--neck-width is set by the comparison"):  # whatever comes first
+        Comparison(tmp_path, [cfg, plain], ["--neck-width=0.7"], ["keras"])
     # results.csv's neck_width: the configuration's own, else the alpha (result.json files from before it existed)
     narrow = {**_result("mobilenetv1:0.25:0.5@128", [("keras", 0.5, 9.0)]), "neck_width": 0.5}
     rows = flat_rows([narrow, _result("ghostnet:0.5@320", [("keras", 0.7, 30.0)])])

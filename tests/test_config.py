@@ -130,6 +130,20 @@ def test_neck_width_is_checked_when_parsed():
         parse_train_args(["--root", "data/VOC", "--neck-width", "0"])
 
 
+
+def test_parsing_the_neck_width_does_not_start_tensorflow(tmp_path):
+    """train.py parses its options before utils.console.start() quiets TensorFlow's start-up
+    lines: the neck-width rule (checked on parse, compared on --resume) must not import it."""
+    import subprocess
+    import sys
+    code = ("import sys; from utils.training.config import parse_train_args; "
+            "parse_train_args(['--root', 'data/VOC', '--neck-width', '0.5']); "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
 def test_resume_with_the_same_config_file_as_the_start(tmp_path):
     """`train.py --config recipe.yaml --resume` (the start command plus --resume) reads the run's
     saved configuration and drops the recipe's --config, value included."""

@@ -84,7 +84,7 @@ def parse_config(spec: str, default_size: int) -> list[Config]:
     sizes that are not positive multiples of 32 are a CompareError naming the configuration
     and what is valid."""
     from nets.backbones import available_backbones, check_alpha
-    from nets.yolo import check_neck_width
+    from nets.widths import check_neck_width
 
     text = str(spec).strip()
     body, _, size_text = text.partition("@")
@@ -253,7 +253,9 @@ class Comparison:
             if flag in self.train_argv:
                 raise CompareError(f"{flag} is set by the comparison for each configuration; leave it out of the "
                                    "training options")
-        self.train_args(self.configs[0])  # the recipe parses: bad training options fail before anything starts
+        # the recipe parses: bad training options fail before anything starts; without the first
+        # configuration's own neck width, so that a recipe's --neck-width in any spelling is refused here
+        self.train_args(dataclasses.replace(self.configs[0], neck_width=None))
 
     # -- paths and options
     def run_dir(self, cfg: Config) -> str:
@@ -263,7 +265,7 @@ class Comparison:
         from utils.training.config import parse_train_args
         argv = self.train_argv + ["--backbone", cfg.backbone, "--alpha", f"{cfg.alpha:g}",
                                   "--input-size", str(cfg.size), "--save-dir", self.run_dir(cfg)]
-        argv += ["--neck-width", f"{cfg.neck_width:g}"] if cfg.neck_width is not None else []
+        argv += ["--neck-width", repr(cfg.neck_width)] if cfg.neck_width is not None else []  # exact, not :g
         argv += ["--resume"] if resume else ["--exist-ok"]
         try:
             args = parse_train_args(argv)
@@ -460,7 +462,7 @@ CSV_FIELDS = ("config", "backbone", "alpha", "neck_width", "size", "runtime", "m
 
 def flat_rows(results) -> list[dict]:
     """One dict per (configuration, runtime), with per-class AP columns ``ap_<class>``."""
-    from nets.yolo import effective_neck_width
+    from nets.widths import effective_neck_width
     rows = []
     for res in results:
         for r in res["rows"]:

@@ -212,7 +212,7 @@ def _fixed_value(args, key):
     """What option ``key`` of ``args`` fixes in a run's saved state: the neck width without one
     of its own is the alpha's (``--neck-width`` None and 1.0 at alpha 1.0 build one network)."""
     if key == "neck_width":
-        from nets.yolo import effective_neck_width
+        from nets.widths import effective_neck_width
         return effective_neck_width(getattr(args, "alpha", 1.0), getattr(args, "neck_width", None))
     return getattr(args, key, None)
 
@@ -251,7 +251,7 @@ def parse_train_args(argv=None, description: str | None = None) -> argparse.Name
     if args.taps and args.backbone.lower() != "mobilenetv2":
         raise ValueError(f"--taps is a mobilenetv2 option; backbone {args.backbone!r} has one set of taps")
     if args.neck_width is not None:
-        from nets.yolo import check_neck_width
+        from nets.widths import check_neck_width
         args.neck_width = check_neck_width(args.neck_width, "--neck-width")
     if args.lr is None:
         args.lr = 1e-2 if args.optimizer == "sgd" else 2e-2
