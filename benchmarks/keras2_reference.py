@@ -161,7 +161,7 @@ def compare(backbone: str, alpha: float, size: int, num_classes: int, runs: int,
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks.latency import profile_ops, time_interleaved
+    from benchmarks.latency import compiled_call, profile_ops, random_input, time_interleaved
 
     from nets.fold import fold_batchnorm
     from nets.layers import use_keras_batchnorm
@@ -170,8 +170,7 @@ def compare(backbone: str, alpha: float, size: int, num_classes: int, runs: int,
     body = yolo_body((size, size), num_classes, backbone=backbone, alpha=alpha, weight_decay=0.0)
     before = use_keras_batchnorm(body)  # this project before issue 12: Keras 3's own BatchNormalization
     reference = to_tf_keras(before)
-    rng = np.random.default_rng(0)
-    x1 = tf.constant(rng.uniform(0, 255, (1, size, size, 3)).astype("float32"))
+    x1 = random_input((size, size))
     ours_out = body(x1, training=False)
     ref_out = reference(x1, training=False)
     diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(a))) + 1e-12))
@@ -182,11 +181,10 @@ def compare(backbone: str, alpha: float, size: int, num_classes: int, runs: int,
                              f"(parameters {params[0]:,} vs {params[1]:,}, max output difference {diff:.2e})")
 
     folded = fold_batchnorm(body)
-    calls = {"before": tf.function(lambda x: before(x, training=False)),
-             "reference": tf.function(lambda x: reference(x, training=False)),
-             "ours": tf.function(lambda x: folded(x, training=False))}
+    calls = {k: compiled_call(m, (size, size)) for k, m in (("before", before), ("reference", reference),
+                                                             ("ours", folded))}  # latency.py's protocol
 
-    xb = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))
+    xb = tf.constant(np.random.default_rng(1).uniform(0, 255, (batch, size, size, 3)).astype("float32"))
 
     def make_step(model, variables, optimizer):
         @tf.function

@@ -32,7 +32,7 @@ from keras import layers
 
 from nets.backbones import build_backbone, check_alpha
 from nets.layers import apply_conv_bn, apply_dwsep, make_divisible
-from nets.widths import check_neck_width, effective_neck_width  # noqa: F401  (also nets.yolo's API)
+from nets.widths import check_neck_width, effective_neck_width
 
 ACTIVATION = "relu6"
 OUTPUT_NAMES = ("head_p5_out", "head_p4_out", "head_p3_out")  # strides 32, 16, 8

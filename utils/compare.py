@@ -456,8 +456,7 @@ def _size(path) -> int:
 # ----------------------------------------------------------------------------- reports
 
 CSV_FIELDS = ("config", "backbone", "alpha", "neck_width", "size", "runtime", "map50", "map50_95", "latency_ms",
-              "p90_ms",
-              "params_m", "gflops", "size_mb", "train_min", "epochs")
+              "p90_ms", "params_m", "gflops", "size_mb", "train_min", "epochs")
 
 
 def flat_rows(results) -> list[dict]:

@@ -168,8 +168,7 @@ DEMO_DEFAULTS = {"input_size": [256], "backbone": "mobilenetv2", "alpha": 0.5, "
 # What the saved state of a run depends on: refused when it changes on --resume. --epochs may
 # change (utils.training.callbacks.lr_at's restart rule), as may logging, evaluation, workers.
 FIXED_ON_RESUME = ("backbone", "alpha", "input_size", "taps", "neck_shortcut", "neck_width", "anchors", "classes",
-                   "data",
-                   "format", "root", "images", "annotations", "split_ratios", "seed", "train_split", "val_split",
+                   "data", "format", "root", "images", "annotations", "split_ratios", "seed", "train_split", "val_split",
                    "batch_size", "freeze_batch_size", "freeze_epochs", "optimizer", "lr", "nominal_batch",
                    "min_lr_ratio", "lr_schedule", "warmup_epochs", "ema")
 

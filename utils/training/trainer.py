@@ -405,15 +405,16 @@ def run(args) -> dict:
     # --resume on its own machine (no run folder there) reads (config.saved_config_path)
     save_yaml(config, os.path.join(save_dir if chief else state_dir, "config.yaml"))
     backbone_options = {"taps": args.taps} if getattr(args, "taps", None) else {}  # checked in train.py
+    neck_width = getattr(args, "neck_width", None)  # None: the alpha's (nets.widths)
     meta = {"backbone": args.backbone, "alpha": args.alpha, "neck_shortcut": args.neck_shortcut,
-            "neck_width": getattr(args, "neck_width", None),
+            "neck_width": neck_width,
             **backbone_options, "class_names": class_names,
             "anchors": anchors, "input_shape": hw, "anchors_per_scale": 3}
     # the dataset and its split, so that eval_map.py evaluates on this run's own test split
     meta["data"] = spec.record(args.split_ratios, args.seed, (args.train_split, args.val_split, "test"))
     _log(f"train: {len(train_records)} images, val: {len(val_records)} images, {len(class_names)} classes, "
          f"input {hw[0]}x{hw[1]}, backbone {args.backbone} (alpha {args.alpha:g}"
-         + (f", neck width {args.neck_width:g})" if getattr(args, "neck_width", None) is not None else ")"))
+         + (f", neck width {neck_width:g})" if neck_width is not None else ")"))
 
     waiting = (deadline(args.connect_timeout, f"worker {cluster.rank} ({cluster.address}): the other workers "
                         f"({', '.join(a for a in cluster.addresses if a != cluster.address)}) did not connect; check "
@@ -438,7 +439,7 @@ def run(args) -> dict:
     with strategy.scope():
         try:
             body = yolo_body(hw, len(class_names), backbone=args.backbone, alpha=args.alpha, weight_decay=0.0,
-                             neck_shortcut=args.neck_shortcut, neck_width=getattr(args, "neck_width", None),
+                             neck_shortcut=args.neck_shortcut, neck_width=neck_width,
                              **backbone_options,
                              backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights)
         except BackboneWeightsError as exc:
