@@ -72,3 +72,80 @@ def test_cli_needs_a_command_and_good_workers(capsys):
     assert "an address appears twice" in capsys.readouterr().err
     assert main(["--workers", "2", "--", "-c", "print('hi')"]) == 0
     assert "[worker 1] hi" in capsys.readouterr().out
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range():
+    import random
+    import socket
+
+    from utils.launch import ephemeral_range, free_ports
+    ports = free_ports(4, random.Random(0))
+    assert len(set(ports)) == 4
+    span = ephemeral_range()
+    if span is not None and span[0] > 11024:  # the kernel never hands these out by itself
+        assert all(span[0] - 10000 <= p < span[0] for p in ports)
+    for p in ports:  # free on every interface, as TensorFlow binds them
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", p))
+
+
+# a worker that says what TensorFlow says when its port is taken: worker 0, on the first start
+_CLASH = ("import json, os, sys; c = json.loads(os.environ['TF_CONFIG']); d = {d!r}; i = c['task']['index']; "
+          "first = i == 0 and not os.path.exists(os.path.join(d, 'w0-first')); "
+          "name = ('w0-first' if first else 'w0-second') if i == 0 else 'w1-' + c['cluster']['worker'][1]; "
+          "open(os.path.join(d, name), 'w').write(json.dumps(c['cluster']['worker'])); "
+          "first and print('E0000 grpc_server_lib.cc:618] UNKNOWN: Could not start gRPC server', flush=True); "
+          "sys.exit(1 if first else 0)")
+
+
+def test_a_taken_port_starts_every_worker_again_on_new_ports(tmp_path, capsys):
+    assert main(["--workers", "2", "--grace", "2", "--", "-c", _CLASH.format(d=str(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[launch] 2 workers: ") == 2
+    assert "[launch] the port of worker 0 (127.0.0.1:" in out and "starting every worker again on new ports " \
+           "(start 2 of 3)" in out
+    first, second = (json.loads((tmp_path / n).read_text()) for n in ("w0-first", "w0-second"))
+    assert first != second  # new ports
+    assert (tmp_path / f"w1-{second[1]}").is_file()  # worker 1 ran again, with the new cluster
+    assert json.loads((tmp_path / f"w1-{second[1]}").read_text()) == second
+
+
+def test_a_taken_port_given_by_hand_is_named_not_retried(capsys):
+    said = ("import json, os, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+            "i == 1 and time.sleep(60); print('UNKNOWN: Could not start gRPC server', flush=True); raise SystemExit(1)")
+    assert main(["--workers", "127.0.0.1:2001,127.0.0.1:2002", "--grace", "2", "--", "-c", said]) == 1
+    out = capsys.readouterr().out
+    assert out.count("[launch] 2 workers: ") == 1
+    assert "[launch] the port of worker 0 (127.0.0.1:2001) is in use by another process: choose another port " \
+           "for it" in out
+
+
+@pytest.mark.slow
+def test_tensorflow_on_a_taken_port_is_started_again(monkeypatch, capsys):
+    """The marker is what this TensorFlow prints: the first ports handed out are held here."""
+    import socket
+
+    import utils.launch as launch
+    held = []
+    for _ in range(2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("", 0))
+        s.listen()
+        held.append(s)
+    real, calls = launch.free_ports, []
+
+    def first_taken(count, rng=None):
+        calls.append(count)
+        return [s.getsockname()[1] for s in held] if len(calls) == 1 else real(count, rng)
+
+    monkeypatch.setattr(launch, "free_ports", first_taken)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")  # the Python error names it too
+    strategy = "import tensorflow as tf; tf.distribute.MultiWorkerMirroredStrategy(); print('connected')"
+    try:
+        assert main(["--workers", "2", "--grace", "5", "--", "-c", strategy]) == 0
+    finally:
+        for s in held:
+            s.close()
+    out = capsys.readouterr().out
+    assert calls == [2, 2] and "starting every worker again on new ports (start 2 of 3)" in out
+    assert "[worker 0] connected" in out and "[worker 1] connected" in out

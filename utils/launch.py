@@ -4,7 +4,8 @@
     python -m utils.launch --workers 127.0.0.1:23456,127.0.0.1:23457 -- train.py --strategy multiworker ...
     python -m utils.launch --workers 10.0.0.1:23456,10.0.0.2:23456 --ssh -- train.py --strategy multiworker ...
 
-``--workers N`` starts N processes on this host on free loopback ports; ``--workers
+``--workers N`` starts N processes on this host on free loopback ports (started again on new
+ports, up to 3 times, if another process takes one before its worker binds it); ``--workers
 host:port,...`` uses those addresses, starting the local ones (127.0.0.1, localhost, this
 host's name) as child processes and, with ``--ssh``, the others through ``ssh HOST 'cd DIR &&
 TF_CONFIG=... python ...'`` (the same folder and the same Python on every host). Each worker's
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shlex
 import signal
 import socket
@@ -29,18 +31,52 @@ import time
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (bound once, then released)."""
-    socks, ports = [], []
+# TensorFlow's gRPC server binds 0.0.0.0:port when the strategy is created; this is what it
+# prints when another process holds the port (TF 2.21)
+PORT_TAKEN = "Could not start gRPC server"
+PORT_ATTEMPTS = 3  # starts of a --workers N job whose ports were taken before the workers bound them
+
+
+def ephemeral_range() -> tuple[int, int] | None:
+    """The kernel's range for ports it hands out by itself (bind to port 0, outgoing
+    connections); None where it cannot be read (not Linux)."""
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))  # every interface, as TensorFlow binds
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, rng: random.Random | None = None) -> list[int]:
+    """``count`` distinct TCP ports free on every interface now.
+
+    They are released before the workers bind them, so another process can take one in
+    between. To make that unlikely they are drawn below the kernel's ephemeral range, where
+    the kernel never hands out a port by itself (the usual thief: an outgoing connection or a
+    bind to port 0); main() starts the workers again on new ports if it happens anyway.
+    Without a known range the kernel picks (bind to port 0)."""
+    rng = rng or random.Random()
+    span = ephemeral_range()
+    ports: list[int] = []
+    if span and span[0] > 11024:
+        candidates = rng.sample(range(span[0] - 10000, span[0]), 200)
+        ports = [p for p in candidates if _bindable(p)][:count]
+    while len(ports) < count:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        if port not in ports:
+            ports.append(port)
     return ports
 
 
@@ -99,11 +135,14 @@ class Launcher:
         self.grace = float(grace)
         self.out = out or sys.stdout
         self.procs: list[subprocess.Popen] = []
+        self.port_taken: set[int] = set()  # workers that said their port was in use
         self._lock = threading.Lock()
 
     def _pump(self, i, stream):
         for line in iter(stream.readline, ""):
             with self._lock:
+                if PORT_TAKEN in line:
+                    self.port_taken.add(i)
                 self.out.write(f"[worker {i}] {line.rstrip()}\n")
                 self.out.flush()
         stream.close()
@@ -182,15 +221,33 @@ def main(argv=None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         p.error("give the command after --, e.g. -- train.py --strategy multiworker --demo")
-    try:
-        addresses = parse_workers(args.workers)
-        commands = worker_commands(addresses, command, ssh=args.ssh)
-    except ValueError as exc:
-        print(f"launch: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"[launch] {len(addresses)} workers: {', '.join(addresses)} (worker 0 is the chief)", flush=True)
-    return Launcher(commands, grace=args.grace).run()
-
+    auto = args.workers.strip().isdigit()  # ports of our choosing: start again on others if one is taken
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            addresses = parse_workers(args.workers)
+            commands = worker_commands(addresses, command, ssh=args.ssh)
+        except ValueError as exc:
+            print(f"launch: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"[launch] {len(addresses)} workers: {', '.join(addresses)} (worker 0 is the chief)", flush=True)
+        launcher = Launcher(commands, grace=args.grace)
+        code = launcher.run()
+        if code == 0 or not launcher.port_taken:
+            return code
+        taken = ", ".join(f"worker {i} ({addresses[i]})" for i in sorted(launcher.port_taken))
+        if not auto:
+            print(f"[launch] the port of {taken} is in use by another process: choose another port for it",
+                  flush=True)
+            return code
+        if attempt == PORT_ATTEMPTS:
+            print(f"[launch] the port of {taken} was in use by another process again; gave up after "
+                  f"{PORT_ATTEMPTS} starts", flush=True)
+            return code
+        # nothing was trained yet (the ports are bound before the first step), so the same
+        # command starts afresh
+        print(f"[launch] the port of {taken} was taken by another process before the worker bound it; "
+              f"starting every worker again on new ports (start {attempt + 1} of {PORT_ATTEMPTS})", flush=True)
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())
