@@ -19,6 +19,12 @@ Records the table, the ratios and the plot (docs/compare_bccd.png) in docs/bench
 (section "Backbone comparison on BCCD"; --no-record to skip). ``--section TITLE --plot NAME.png``
 records another comparison (e.g. neck widths) beside that one instead of over it, its plot in
 docs/NAME.png (default: the title as a file name).
+
+``--latency-pass`` trains nothing: step 2 alone, over the reference and --configs, recorded as
+its own section ("Backbone comparison on BCCD: one latency pass"), so that configurations
+trained in different runs (different days, loads) get their latency ratios from one run:
+
+    python benchmarks/compare_bccd.py --latency-pass --configs mobilenetv2:0.5@320 ghostnet:0.5@320 ...
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BCCD = ROOT.parent / "shared" / "data" / "BCCD"
 SECTION = "Backbone comparison on BCCD"
+LATENCY_SECTION = "Backbone comparison on BCCD: one latency pass"
 REFERENCE = "mobilenetv2:1@416"
 DEFAULT_CONFIGS = ["mobilenetv2:0.5@320", "mobilenetv3small:1.0@320", "shufflenetv2:1.0@320", "ghostnet:0.5@320"]
 YOLOV8N = "YOLOv8n onnx (issue 13, Xeon):24:0.700"
@@ -58,8 +65,15 @@ def main(argv=None):
     p.add_argument("--plot", default=None,
                    help="file name of the plot in docs/ (default: compare_bccd.png for the default section, "
                         "else the section title in lower case with '_' for every other character, + .png)")
+    p.add_argument("--latency-pass", action="store_true",
+                   help=f"no training: one latency-only pass over the reference and --configs, recorded in section "
+                        f"{LATENCY_SECTION!r} (or --section)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
+    if args.latency_pass:
+        if args.section == SECTION:
+            args.section = LATENCY_SECTION
+        args.plot = args.plot or "unused.png"  # no plot: nothing trained, no mAP
     plot = args.plot or ("compare_bccd.png" if args.section == SECTION else "".join(
         c if c.isalnum() else "_" for c in args.section.lower()).strip("_") + ".png")
     if plot == ".png" or (args.section != SECTION and plot == "compare_bccd.png") or os.sep in plot:
@@ -72,6 +86,8 @@ def main(argv=None):
     recipe = ["--root", str(BCCD), "--classes", str(ROOT / "model_data" / "bccd_classes.txt"),
               "--anchors", args.anchors, "--epochs", str(args.epochs), "--batch-size", "8", "--eval-every", "5",
               "--verbose", "2"]
+    if args.latency_pass:
+        return latency_pass_only(args, recipe, argv)
     rc = compare.main(["--configs", *args.configs, "--out", args.out, "--reference", YOLOV8N, *recipe])
     if rc:
         return rc
@@ -80,15 +96,10 @@ def main(argv=None):
                        "--runs", str(args.runs), *recipe])
     if rc:
         return rc
-    quiet = os.path.join(args.out, "latency")
-    shutil.rmtree(quiet, ignore_errors=True)  # always a fresh pass: the ratios must come from one run
-    rc = compare.main(["--configs", REFERENCE, *args.configs, "--out", quiet, "--latency-only", "--runs",
-                       str(args.runs), "--runtimes", "keras", "tflite-int8", "onnx", *recipe])
-    if rc:
-        return rc
-
+    timed = latency_pass(args, recipe)
+    if timed is None:
+        return 1
     trained = read_csv(os.path.join(args.out, "results.csv"))
-    timed = {(r["config"], r["runtime"]): float(r["latency_ms"]) for r in read_csv(os.path.join(quiet, "results.csv"))}
     base = timed[(REFERENCE, "tflite-int8")]
     lines = [f"{'config':22s} {'runtime':12s} {'test mAP@0.5':>12s} {'COCO':>6s} {'ms':>6s} "
              f"{'ms (pass 2)':>11s} {'vs mnv2 x1@416 int8':>19s} {'GFLOPs':>7s} {'params M':>8s} {'train min':>9s}"]
@@ -102,8 +113,7 @@ def main(argv=None):
                      f"{float(r['params_m']):8.2f} {float(r['train_min']):9.1f}")
         if r["runtime"] == "tflite-int8" and ratio is not None and ratio <= 0.5 and float(r["map50"]) >= 0.80:
             goal.append(f"{r['config']} (int8 {ratio:.2f}x, mAP@0.5 {float(r['map50']):.3f})")
-    ref_line = (f"reference in the same latency pass: {REFERENCE} tflite-int8 {base:.1f} ms, keras "
-                f"{timed[(REFERENCE, 'keras')]:.1f} ms, onnx {timed[(REFERENCE, 'onnx')]:.1f} ms")
+    ref_line = reference_line(timed)
     verdict = ("goal met by: " + "; ".join(goal)) if goal else "goal not met by any configuration"
     print("\n".join(lines + ["", ref_line, verdict]))
     if not args.no_record:
@@ -119,6 +129,50 @@ def main(argv=None):
                "latency-only pass that also timed the reference, from which the ratios are taken.",
                lines, f"{ref_line}. {verdict}. Plot: docs/{plot} (the YOLOv8n point is the issue's figure from a "
                "Xeon, not measured here).")
+    return 0
+
+
+def latency_pass(args, recipe) -> dict | None:
+    """{(config, runtime): batch-1 median ms} of the reference and args.configs, timed in one
+    latency-only pass (random weights: latency does not depend on them); None if it failed."""
+    import compare
+    quiet = os.path.join(args.out, "latency")
+    shutil.rmtree(quiet, ignore_errors=True)  # always a fresh pass: the ratios must come from one run
+    rc = compare.main(["--configs", REFERENCE, *args.configs, "--out", quiet, "--latency-only", "--runs",
+                       str(args.runs), "--runtimes", "keras", "tflite-int8", "onnx", *recipe])
+    if rc:
+        return None
+    return {(r["config"], r["runtime"]): float(r["latency_ms"]) for r in read_csv(os.path.join(quiet, "results.csv"))}
+
+
+def reference_line(timed) -> str:
+    return (f"reference in the same latency pass: {REFERENCE} tflite-int8 {timed[(REFERENCE, 'tflite-int8')]:.1f} "
+            f"ms, keras {timed[(REFERENCE, 'keras')]:.1f} ms, onnx {timed[(REFERENCE, 'onnx')]:.1f} ms")
+
+
+def latency_pass_only(args, recipe, argv) -> int:
+    """--latency-pass: the ratios of configurations trained in other runs, from one pass."""
+    timed = latency_pass(args, recipe)
+    if timed is None:
+        return 1
+    stats = {r["config"]: r for r in read_csv(os.path.join(args.out, "latency", "results.csv"))}
+    base = timed[(REFERENCE, "tflite-int8")]
+    lines = [f"{'config':22s} {'GFLOPs':>7s} {'params M':>8s} {'keras ms':>8s} {'onnx ms':>7s} {'int8 ms':>7s} "
+             f"{'int8 vs mnv2 x1@416 int8':>24s}"]
+    for cfg in sorted(stats, key=lambda c: timed.get((c, "tflite-int8"), float("inf"))):
+        r = stats[cfg]
+        lines.append(f"{cfg:22s} {float(r['gflops']):7.2f} {float(r['params_m']):8.2f} "
+                     f"{timed[(cfg, 'keras')]:8.1f} {timed[(cfg, 'onnx')]:7.1f} {timed[(cfg, 'tflite-int8')]:7.1f} "
+                     f"{timed[(cfg, 'tflite-int8')] / base:23.2f}x")
+    ref_line = reference_line(timed)
+    print("\n".join(lines + ["", ref_line]))
+    if not args.no_record:
+        from benchmarks._record import command_line, record
+        record(args.section, command_line("compare_bccd.py", argv),
+               "No training: every configuration built with random weights (batch-norm statistics from a few "
+               "BCCD training images, so int8 calibration sees realistic activations) and timed at batch 1 in "
+               f"one pass with the reference, {args.runs} runs each; the mAPs of these configurations are in the "
+               "sections of the runs that trained them.", lines, ref_line + ".")
     return 0
 
 
