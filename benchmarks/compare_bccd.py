@@ -41,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BCCD = ROOT.parent / "shared" / "data" / "BCCD"
 SECTION = "Backbone comparison on BCCD"
 LATENCY_SECTION = "Backbone comparison on BCCD: one latency pass"
+DEFAULT_OUT = str(ROOT / "runs" / "compare" / "bccd320")
 REFERENCE = "mobilenetv2:1@416"
 DEFAULT_CONFIGS = ["mobilenetv2:0.5@320", "mobilenetv3small:1.0@320", "shufflenetv2:1.0@320", "ghostnet:0.5@320"]
 YOLOV8N = "YOLOv8n onnx (issue 13, Xeon):24:0.700"
@@ -55,7 +56,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--out", default=str(ROOT / "runs" / "compare" / "bccd320"))
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="comparison folder (default runs/compare/bccd320; runs/compare/latency_pass with --latency-pass)")
     p.add_argument("--anchors", default=str(ROOT / "model_data" / "bccd_anchors_320.txt"),
                    help="anchors for the configurations (default: BCCD k-means anchors at 320)")
     p.add_argument("--runs", type=int, default=50, help="timed runs of the quiet latency pass")
@@ -67,13 +69,21 @@ def main(argv=None):
                         "else the section title in lower case with '_' for every other character, + .png)")
     p.add_argument("--latency-pass", action="store_true",
                    help=f"no training: one latency-only pass over the reference and --configs, recorded in section "
-                        f"{LATENCY_SECTION!r} (or --section)")
+                        f"{LATENCY_SECTION!r} (or another --section ending in ': one latency pass')")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     if args.latency_pass:
+        if args.plot:
+            p.error("--plot: a latency pass draws no plot (nothing is trained, there is no mAP)")
         if args.section == SECTION:
             args.section = LATENCY_SECTION
-        args.plot = args.plot or "unused.png"  # no plot: nothing trained, no mAP
+        elif not args.section.endswith(": one latency pass"):
+            # record() replaces a section by its title: keep the trained comparisons' sections
+            p.error(f"--section {args.section!r}: a latency pass records in a section whose title ends in "
+                    "': one latency pass', so that it never replaces a trained comparison's table")
+        if args.out == DEFAULT_OUT:
+            args.out = str(ROOT / "runs" / "compare" / "latency_pass")  # keep the comparison's own pass
+        args.plot = "unused.png"
     plot = args.plot or ("compare_bccd.png" if args.section == SECTION else "".join(
         c if c.isalnum() else "_" for c in args.section.lower()).strip("_") + ".png")
     if plot == ".png" or (args.section != SECTION and plot == "compare_bccd.png") or os.sep in plot:
@@ -159,7 +169,7 @@ def latency_pass_only(args, recipe, argv) -> int:
     base = timed[(REFERENCE, "tflite-int8")]
     lines = [f"{'config':22s} {'GFLOPs':>7s} {'params M':>8s} {'keras ms':>8s} {'onnx ms':>7s} {'int8 ms':>7s} "
              f"{'int8 vs mnv2 x1@416 int8':>24s}"]
-    for cfg in sorted(stats, key=lambda c: timed.get((c, "tflite-int8"), float("inf"))):
+    for cfg in sorted(stats, key=lambda c: timed[(c, "tflite-int8")]):
         r = stats[cfg]
         lines.append(f"{cfg:22s} {float(r['gflops']):7.2f} {float(r['params_m']):8.2f} "
                      f"{timed[(cfg, 'keras')]:8.1f} {timed[(cfg, 'onnx')]:7.1f} {timed[(cfg, 'tflite-int8')]:7.1f} "

@@ -149,3 +149,14 @@ def test_tensorflow_on_a_taken_port_is_started_again(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert calls == [2, 2] and "starting every worker again on new ports (start 2 of 3)" in out
     assert "[worker 0] connected" in out and "[worker 1] connected" in out
+
+
+def test_another_failure_is_not_retried_for_a_port_line(capsys):
+    # worker 1 prints the port line but keeps running; worker 0 fails for its own reason
+    said = ("import json, os, sys, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+            "print('Could not start gRPC server' if i else 'other', flush=True); time.sleep(60 if i else 1); "
+            "sys.exit(3)")
+    assert main(["--workers", "2", "--grace", "2", "--", "-c", said]) == 3
+    out = capsys.readouterr().out
+    assert out.count("[launch] 2 workers: ") == 1 and "[launch] worker 0 failed (exit code 3)" in out
+    assert "port of" not in out

@@ -4,8 +4,9 @@
     python -m utils.launch --workers 127.0.0.1:23456,127.0.0.1:23457 -- train.py --strategy multiworker ...
     python -m utils.launch --workers 10.0.0.1:23456,10.0.0.2:23456 --ssh -- train.py --strategy multiworker ...
 
-``--workers N`` starts N processes on this host on free loopback ports (started again on new
-ports, up to 3 times, if another process takes one before its worker binds it); ``--workers
+``--workers N`` starts N processes on this host on free loopback ports (if another process
+takes one before its worker binds it, every worker is started again on new ports: 3 starts at
+most); ``--workers
 host:port,...`` uses those addresses, starting the local ones (127.0.0.1, localhost, this
 host's name) as child processes and, with ``--ssh``, the others through ``ssh HOST 'cd DIR &&
 TF_CONFIG=... python ...'`` (the same folder and the same Python on every host). Each worker's
@@ -69,8 +70,11 @@ def free_ports(count: int, rng: random.Random | None = None) -> list[int]:
     span = ephemeral_range()
     ports: list[int] = []
     if span and span[0] > 11024:
-        candidates = rng.sample(range(span[0] - 10000, span[0]), 200)
-        ports = [p for p in candidates if _bindable(p)][:count]
+        for port in rng.sample(range(span[0] - 10000, span[0]), 200):
+            if len(ports) == count:
+                break
+            if _bindable(port):
+                ports.append(port)
     while len(ports) < count:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("", 0))
@@ -136,6 +140,7 @@ class Launcher:
         self.out = out or sys.stdout
         self.procs: list[subprocess.Popen] = []
         self.port_taken: set[int] = set()  # workers that said their port was in use
+        self.failed: int | None = None  # the worker whose failure ended the run
         self._lock = threading.Lock()
 
     def _pump(self, i, stream):
@@ -180,6 +185,7 @@ class Launcher:
                 failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
                 if failed:
                     i, code = failed[0]
+                    self.failed = i
                     why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                     self._say(f"worker {i} failed ({why}); stopping the other workers")
                     self.stop()
@@ -232,9 +238,9 @@ def main(argv=None) -> int:
         print(f"[launch] {len(addresses)} workers: {', '.join(addresses)} (worker 0 is the chief)", flush=True)
         launcher = Launcher(commands, grace=args.grace)
         code = launcher.run()
-        if code == 0 or not launcher.port_taken:
+        if code == 0 or launcher.failed not in launcher.port_taken:  # a success, Ctrl-C, another failure
             return code
-        taken = ", ".join(f"worker {i} ({addresses[i]})" for i in sorted(launcher.port_taken))
+        taken = f"worker {launcher.failed} ({addresses[launcher.failed]})"
         if not auto:
             print(f"[launch] the port of {taken} is in use by another process: choose another port for it",
                   flush=True)
@@ -243,11 +249,13 @@ def main(argv=None) -> int:
             print(f"[launch] the port of {taken} was in use by another process again; gave up after "
                   f"{PORT_ATTEMPTS} starts", flush=True)
             return code
-        # nothing was trained yet (the ports are bound before the first step), so the same
+        # nothing was trained yet (the ports are bound before the first step; what a worker
+        # writes before that, the run folder and config.yaml, is written again), so the same
         # command starts afresh
         print(f"[launch] the port of {taken} was taken by another process before the worker bound it; "
               f"starting every worker again on new ports (start {attempt + 1} of {PORT_ATTEMPTS})", flush=True)
-    return code
+    raise AssertionError("unreachable: the last start returns")
+
 
 if __name__ == "__main__":
     sys.exit(main())
