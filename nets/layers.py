@@ -73,6 +73,27 @@ _MIN_FUSED_EPSILON = 1.001e-5  # cuDNN's CUDNN_BN_MIN_EPSILON (tf.nn.fused_batch
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class TraceableGroupedConv2D(layers.Conv2D):
+    """A Conv2D whose grouped convolution traces as one plain TensorFlow ``Conv2D`` op.
+
+    Keras 3 runs a Conv2D with ``groups`` > 1 inside an XLA-compiled tf.function on
+    TensorFlow (TF's own CPU kernel lacks grouped convolution). tf2onnx cannot look inside that
+    function: it leaves a StatefulPartitionedCall in the graph and writes a file ONNX Runtime
+    refuses (ShuffleNetV1's grouped 1x1 convs). Traced as one ``Conv2D`` op whose filter depth
+    divides the input's, tf2onnx writes an ONNX ``Conv`` with ``group`` set. Only for
+    conversion (utils.inference.export swaps it in for ONNX): TensorFlow does not run it on CPU.
+    Same config and weights as the Conv2D it replaces; channels_last only.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self.groups == 1 or keras.backend.backend() != "tensorflow":
+            return super().convolution_op(inputs, kernel)
+        import tensorflow as tf
+        return tf.nn.conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper(),
+                            dilations=self.dilation_rate, data_format="NHWC")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class BatchNormalization(layers.BatchNormalization):
     """keras.layers.BatchNormalization that runs tf.raw_ops.FusedBatchNormV3 on NHWC inputs.
 

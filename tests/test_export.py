@@ -457,3 +457,35 @@ def test_calibration_from_coco_and_yolo_copies_is_the_voc_one(demo, calib, class
             "--formats", "tflite-int8", "--out-dir", str(tmp_path / "exp"), "--calib-images", "3", "--no-map-check"]
     assert export_cli.main(argv + ["--calib-data", str(js), "--calib-image-dir", str(images)]) == 0
     assert json.loads((tmp_path / "exp" / "t_int8.tflite.json").read_text())["source"]["calibration"]["images"] == 3
+
+
+def test_grouped_convolutions_convert_to_onnx(tmp_path):
+    """Keras runs a grouped Conv2D inside an XLA function that tf2onnx cannot convert (it wrote an
+    invalid file for ShuffleNetV1); the exporter traces it as one Conv2D op: ONNX Conv with group."""
+    import onnx
+    import onnxruntime as ort
+    from keras import layers
+
+    from utils.inference.export import _write_onnx, onnx_traceable
+    keras.utils.set_random_seed(3)
+    x = keras.Input((16, 16, 12))
+    g = layers.Conv2D(6, 3, padding="same", groups=3, use_bias=True, name="gconv")(x)
+    y = layers.Conv2D(4, 1, strides=2, groups=2, name="gconv_s2")(layers.ReLU(name="relu")(g))
+    model = keras.Model(x, [g, y], name="grouped")
+    plain = keras.Model(x, layers.Conv2D(4, 1, name="plain")(x))
+    assert onnx_traceable(plain) is plain
+    clone = onnx_traceable(model)
+    assert clone.get_layer("relu") is model.get_layer("relu")  # shared, not copied
+    for name in ("gconv", "gconv_s2"):
+        for a, b in zip(clone.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    path = _write_onnx(model, str(tmp_path / "g.onnx"))
+    groups = sorted(a.i for n in onnx.load(path).graph.node if n.op_type == "Conv" for a in n.attribute
+                    if a.name == "group")
+    assert groups == [2, 3]
+    images = np.random.default_rng(0).normal(size=(2, 16, 16, 12)).astype(np.float32)
+    session = ort.InferenceSession(path)
+    got = session.run(None, {session.get_inputs()[0].name: images})
+    want = [np.asarray(t) for t in model(images)]
+    for a, b in zip(sorted(got, key=np.shape), sorted(want, key=np.shape)):
+        np.testing.assert_allclose(a, b, atol=1e-5)

@@ -20,7 +20,8 @@ Variants:
 What each format carries (TF 2.21, tf2onnx 1.17, LiteRT 2.x; checked by tests/test_export.py):
   SavedModel   everything (both NMS kinds).
   ONNX         both NMS kinds: tf2onnx maps CombinedNonMaxSuppression to ONNX
-               NonMaxSuppression, and the DIoU while_loop to an ONNX Loop.
+               NonMaxSuppression, and the DIoU while_loop to an ONNX Loop. Grouped Conv2D
+               (ShuffleNetV1) through onnx_traceable: ONNX Conv with group.
   TFLite fp32/fp16   DIoU-NMS only: its while_loop converts to builtin ops (WHILE, GATHER,
                SELECT_V2, ...). IoU-NMS is tf.image.combined_non_max_suppression, which is no
                TFLite builtin; it needs SELECT_TF_OPS (the Flex delegate), which the Python
@@ -278,18 +279,49 @@ def _int8_float_heads(conv) -> bytes:
         return debugger.get_nondebug_quantized_model()
 
 
+def onnx_traceable(model):
+    """``model`` with every grouped Conv2D as a TraceableGroupedConv2D (nets/layers.py: why),
+    the same weights; every other layer is shared with ``model``, not copied. ``model`` itself
+    when it has no grouped convolution."""
+    import keras
+    from keras import layers
+
+    from nets.layers import TraceableGroupedConv2D
+    grouped = {layer.name for layer in model.layers
+               if isinstance(layer, layers.Conv2D) and layer.groups > 1
+               and not isinstance(layer, TraceableGroupedConv2D)}
+    if not grouped:
+        return model
+    clone = keras.models.clone_model(
+        model, clone_function=lambda layer: (TraceableGroupedConv2D.from_config(layer.get_config())
+                                             if layer.name in grouped else layer))
+    for name in grouped:
+        clone.get_layer(name).set_weights(model.get_layer(name).get_weights())
+    # Keras exports only a model that has been called; a symbolic call is enough (TensorFlow
+    # could not run this one on CPU)
+    clone([keras.Input(batch_shape=t.shape, dtype=t.dtype) for t in model.inputs]
+          if len(model.inputs) > 1 else keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype))
+    return clone
+
+
 def _write_onnx(model, path):
-    """``model.export(format="onnx")`` (tf2onnx under Keras) to ``path``, atomically."""
+    """``model.export(format="onnx")`` (tf2onnx under Keras) to ``path``, atomically; a graph
+    tf2onnx could not convert completely is an ExportError, not a file ONNX Runtime refuses."""
     try:
-        import onnx  # noqa: F401
+        import onnx
         import tf2onnx  # noqa: F401
     except ImportError as exc:
         raise ExportError(f"ONNX export needs tf2onnx and onnx (pip install tf2onnx onnx): {exc}") from None
     with atomic_path(path, suffix=".onnx") as tmp:
         try:
-            model.export(tmp, format="onnx", verbose=False)
+            onnx_traceable(model).export(tmp, format="onnx", verbose=False)
         except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
             raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {str(exc).strip()[-800:]}") from None
+        # tf2onnx logs an op it cannot convert and writes it as is
+        unconverted = sorted({n.op_type for n in onnx.load(tmp, load_external_data=False).graph.node
+                              if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
+        if unconverted:
+            raise ExportError(f"ONNX conversion left TensorFlow ops tf2onnx cannot convert: {', '.join(unconverted)}")
     return path
 
 
