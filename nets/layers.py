@@ -86,7 +86,7 @@ class TraceableGroupedConv2D(layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        if self.groups == 1 or keras.backend.backend() != "tensorflow":
+        if self.groups == 1 or keras.backend.backend() != "tensorflow" or self.data_format != "channels_last":
             return super().convolution_op(inputs, kernel)
         import tensorflow as tf
         return tf.nn.conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper(),

@@ -299,9 +299,17 @@ def onnx_traceable(model):
         clone.get_layer(name).set_weights(model.get_layer(name).get_weights())
     # Keras exports only a model that has been called; a symbolic call is enough (TensorFlow
     # could not run this one on CPU)
-    clone([keras.Input(batch_shape=t.shape, dtype=t.dtype) for t in model.inputs]
-          if len(model.inputs) > 1 else keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype))
+    clone(keras.tree.map_structure(lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype), model.input))
     return clone
+
+
+def _onnx_nodes(graph):
+    """Every node of an ONNX graph, those of its subgraphs (Loop, If bodies) included."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _onnx_nodes(sub)
 
 
 def _write_onnx(model, path):
@@ -318,7 +326,7 @@ def _write_onnx(model, path):
         except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
             raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {str(exc).strip()[-800:]}") from None
         # tf2onnx logs an op it cannot convert and writes it as is
-        unconverted = sorted({n.op_type for n in onnx.load(tmp, load_external_data=False).graph.node
+        unconverted = sorted({n.op_type for n in _onnx_nodes(onnx.load(tmp, load_external_data=False).graph)
                               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
         if unconverted:
             raise ExportError(f"ONNX conversion left TensorFlow ops tf2onnx cannot convert: {', '.join(unconverted)}")
