@@ -83,12 +83,12 @@ def main(argv=None):
                     "': one latency pass', so that it never replaces a trained comparison's table")
         if args.out == DEFAULT_OUT:
             args.out = str(ROOT / "runs" / "compare" / "latency_pass")  # keep the comparison's own pass
-        args.plot = "unused.png"
-    plot = args.plot or ("compare_bccd.png" if args.section == SECTION else "".join(
-        c if c.isalnum() else "_" for c in args.section.lower()).strip("_") + ".png")
-    if plot == ".png" or (args.section != SECTION and plot == "compare_bccd.png") or os.sep in plot:
-        p.error(f"plot file {plot!r}: give --plot NAME.png, a file name other than compare_bccd.png (the default "
-                "section's)")
+    else:
+        plot = args.plot or ("compare_bccd.png" if args.section == SECTION else "".join(
+            c if c.isalnum() else "_" for c in args.section.lower()).strip("_") + ".png")
+        if plot == ".png" or (args.section != SECTION and plot == "compare_bccd.png") or os.sep in plot:
+            p.error(f"plot file {plot!r}: give --plot NAME.png, a file name other than compare_bccd.png (the "
+                    "default section's)")
     if not (BCCD / "Annotations").is_dir():
         sys.exit(f"BCCD not found at {BCCD} (see ../shared/data/README.md)")
 

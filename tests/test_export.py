@@ -479,7 +479,9 @@ def test_grouped_convolutions_convert_to_onnx(tmp_path):
     for name in ("gconv", "gconv_s2"):
         for a, b in zip(clone.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
-    path = _write_onnx(model, str(tmp_path / "g.onnx"))
+    path = str(tmp_path / "g.onnx")
+    info = _write_onnx(model, path)
+    assert info["onnx_opset"] == next(o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx"))
     groups = sorted(a.i for n in onnx.load(path).graph.node if n.op_type == "Conv" for a in n.attribute
                     if a.name == "group")
     assert groups == [2, 3]

@@ -312,12 +312,13 @@ def _onnx_nodes(graph):
                 yield from _onnx_nodes(sub)
 
 
-def _write_onnx(model, path):
+def _write_onnx(model, path) -> dict:
     """``model.export(format="onnx")`` (tf2onnx under Keras) to ``path``, atomically; a graph
-    tf2onnx could not convert completely is an ExportError, not a file ONNX Runtime refuses."""
+    tf2onnx could not convert completely is an ExportError, not a file ONNX Runtime refuses.
+    Returns the file's metadata: tf2onnx version and ONNX opset."""
     try:
         import onnx
-        import tf2onnx  # noqa: F401
+        import tf2onnx
     except ImportError as exc:
         raise ExportError(f"ONNX export needs tf2onnx and onnx (pip install tf2onnx onnx): {exc}") from None
     with atomic_path(path, suffix=".onnx") as tmp:
@@ -325,21 +326,14 @@ def _write_onnx(model, path):
             onnx_traceable(model).export(tmp, format="onnx", verbose=False)
         except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
             raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {str(exc).strip()[-800:]}") from None
+        graph = onnx.load(tmp, load_external_data=False)
         # tf2onnx logs an op it cannot convert and writes it as is
-        unconverted = sorted({n.op_type for n in _onnx_nodes(onnx.load(tmp, load_external_data=False).graph)
+        unconverted = sorted({n.op_type for n in _onnx_nodes(graph.graph)
                               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
         if unconverted:
             raise ExportError(f"ONNX conversion left TensorFlow ops tf2onnx cannot convert: {', '.join(unconverted)}")
-    return path
-
-
-def _onnx_info(path) -> dict:
-    import onnx
-    import tf2onnx
-
-    m = onnx.load(path, load_external_data=False)
-    return {"tf2onnx": tf2onnx.__version__, "onnx_opset": int(next(o.version for o in m.opset_import
-                                                                     if o.domain in ("", "ai.onnx")))}
+    return {"tf2onnx": tf2onnx.__version__,
+            "onnx_opset": int(next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")))}
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -549,8 +543,7 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
                         with open(tmp, "wb") as f:
                             f.write(data)
                 elif fmt == "onnx":
-                    _write_onnx(net, path)
-                    extra = _onnx_info(path)
+                    extra = _write_onnx(net, path)
                 seconds = sm_seconds if fmt == "saved_model" else time.perf_counter() - t0
                 quant = _int8_meta(int8_heads, calibration) if fmt == "tflite-int8" else None
                 results.append(_describe(path, fmt, variant, seconds, base, extra, source, reference, images,
