@@ -100,17 +100,22 @@ def test_pareto_front_on_hand_made_points():
     assert pareto_front([]) == []
 
 
-def test_time_batch_takes_the_median_and_p90_of_timed_calls():
+def test_time_batch_takes_the_median_and_p90_of_timed_calls(monkeypatch):
+    import types
+
+    import utils.compare as cmp
+    clock = [0.0]  # a fake perf_counter, advanced by fn: exact times, however busy the machine
+    monkeypatch.setattr(cmp, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     calls = []
-    pauses = iter([0.0] * 2 + [0.001 * i for i in range(1, 11)])  # 2 warm-up calls, then 1..10 ms
+    pauses = iter([0.5] * 2 + [0.001 * i for i in (7, 3, 10, 1, 5, 9, 2, 8, 4, 6)])  # 2 warm-ups, then 1..10 ms
 
     def fn(batch):
         calls.append(batch)
-        import time
-        time.sleep(next(pauses))
+        clock[0] += next(pauses)
     med, p90 = time_batch(fn, "x", warmup=2, runs=10)
     assert len(calls) == 12
-    assert 5.5 <= med < 8.5 and 9.0 <= p90 < 13.0 and p90 >= med  # the 9th of 10 sorted: nearest rank
+    # median of 1..10 ms is 5.5; p90 by nearest rank is the 9th of 10 sorted, 9 ms; warm-ups untimed
+    assert med == pytest.approx(5.5) and p90 == pytest.approx(9.0)
 
 
 def _result(spec, runtimes_maps, train_s=60.0):

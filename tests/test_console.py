@@ -96,7 +96,7 @@ def runs(tmp_path_factory):
                                        stderr=subprocess.PIPE, text=True)
     results = {}
     for name, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=300)  # two TF processes, maybe beside a test worker
         results[name] = (proc.returncode, out, err, tmp / name)
     return results
 

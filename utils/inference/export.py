@@ -326,14 +326,14 @@ def _write_onnx(model, path) -> dict:
             onnx_traceable(model).export(tmp, format="onnx", verbose=False)
         except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
             raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {str(exc).strip()[-800:]}") from None
-        graph = onnx.load(tmp, load_external_data=False)
+        proto = onnx.load(tmp, load_external_data=False)
         # tf2onnx logs an op it cannot convert and writes it as is
-        unconverted = sorted({n.op_type for n in _onnx_nodes(graph.graph)
+        unconverted = sorted({n.op_type for n in _onnx_nodes(proto.graph)
                               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
         if unconverted:
             raise ExportError(f"ONNX conversion left TensorFlow ops tf2onnx cannot convert: {', '.join(unconverted)}")
     return {"tf2onnx": tf2onnx.__version__,
-            "onnx_opset": int(next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")))}
+            "onnx_opset": int(next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))}
 
 
 # ----------------------------------------------------------------------------- metadata
