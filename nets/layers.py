@@ -94,6 +94,30 @@ class TraceableGroupedConv2D(layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class TraceableNormalization(layers.Normalization):
+    """A Normalization with a given mean and variance whose constants trace as graph constants.
+
+    Given ``mean`` and ``variance`` (not adapted), Keras 3's Normalization keeps them as eager
+    tensors, which a tf.function captures as extra graph inputs; tf2onnx writes those as inputs of
+    the .onnx file (DenseNet121's ``densenet121_preprocess``: a file with three inputs that no
+    detector runtime can feed). Made from NumPy inside the call they trace as Const ops, which
+    tf2onnx writes as initializers. Only for conversion (utils.inference.export swaps it in for
+    ONNX); the same config and the same arithmetic as the Normalization it replaces.
+    """
+
+    def call(self, inputs):
+        if self.input_mean is None or keras.backend.backend() != "tensorflow":
+            return super().call(inputs)  # adapted: mean and variance are variables, which trace fine
+        import numpy as np
+        import tensorflow as tf
+        inputs = tf.convert_to_tensor(inputs, dtype=self.compute_dtype)
+        mean = tf.constant(ops.convert_to_numpy(self.mean), dtype=self.compute_dtype)
+        std = tf.maximum(tf.sqrt(tf.constant(ops.convert_to_numpy(self.variance), dtype=self.compute_dtype)),
+                         np.float32(keras.backend.epsilon()))
+        return mean + inputs * std if self.invert else (inputs - mean) / std
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class BatchNormalization(layers.BatchNormalization):
     """keras.layers.BatchNormalization that runs tf.raw_ops.FusedBatchNormV3 on NHWC inputs.
 

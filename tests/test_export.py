@@ -491,3 +491,39 @@ def test_grouped_convolutions_convert_to_onnx(tmp_path):
     want = [np.asarray(t) for t in model(images)]
     for a, b in zip(sorted(got, key=np.shape), sorted(want, key=np.shape)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_fixed_normalization_converts_to_onnx_with_one_input(tmp_path, monkeypatch):
+    """DenseNet121's preprocessing (a Normalization with a given mean and variance) traces its
+    constants as graph inputs; the exporter swaps in TraceableNormalization, and a graph that
+    still comes out with extra inputs is refused, not written."""
+    import keras
+    import onnx
+    import onnxruntime as ort
+    from keras import layers
+
+    import utils.inference.export as export
+    from nets.layers import TraceableNormalization
+    keras.utils.set_random_seed(4)
+    x = keras.Input((8, 8, 3), name="image")
+    mean, variance = [120.0, 110.0, 100.0], [58.0 ** 2, 57.0 ** 2, 56.0 ** 2]
+    n = layers.Normalization(mean=mean, variance=variance, name="norm")(x)
+    model = keras.Model(x, layers.Conv2D(4, 3, name="conv")(n), name="normed")
+    clone = export.onnx_traceable(model)
+    assert isinstance(clone.get_layer("norm"), TraceableNormalization) and clone.get_layer("conv") is model.get_layer("conv")
+    path = str(tmp_path / "n.onnx")
+    export._write_onnx(model, path)
+    graph = onnx.load(path).graph
+    assert [t.name for t in graph.input if t.name not in {i.name for i in graph.initializer}] == ["image"]
+    images = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
+    session = ort.InferenceSession(path)
+    got = session.run(None, {"image": images})[0]
+    # against NumPy: (x - mean) / std, then the Keras conv
+    by_hand = (images - np.array(mean, np.float32)) / np.sqrt(np.array(variance, np.float32))
+    np.testing.assert_allclose(np.asarray(model.get_layer("norm")(images)), by_hand, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, np.asarray(model(images)), atol=1e-4)
+    # without the swap, the constants come out as inputs: refused, and no file is left
+    monkeypatch.setattr(export, "onnx_traceable", lambda m: m)
+    with pytest.raises(export.ExportError, match=r"gave 3 inputs .* to a model with 1"):
+        export._write_onnx(model, str(tmp_path / "bad.onnx"))
+    assert not (tmp_path / "bad.onnx").exists()

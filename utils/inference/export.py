@@ -280,25 +280,35 @@ def _int8_float_heads(conv) -> bytes:
 
 
 def onnx_traceable(model):
-    """``model`` with every grouped Conv2D as a TraceableGroupedConv2D (nets/layers.py: why),
-    the same weights; every other layer is shared with ``model``, not copied. ``model`` itself
-    when it has no grouped convolution."""
+    """``model`` with the layers tf2onnx cannot convert as they are swapped for equivalents it
+    can (nets/layers.py says why for each): every grouped Conv2D as a TraceableGroupedConv2D,
+    every Normalization with a given mean and variance as a TraceableNormalization; the same
+    weights, and every other layer shared with ``model``, not copied. ``model`` itself when it
+    has none of them."""
     import keras
     from keras import layers
 
-    from nets.layers import TraceableGroupedConv2D
-    grouped = {layer.name for layer in model.layers
-               if isinstance(layer, layers.Conv2D) and layer.groups > 1
-               and not isinstance(layer, TraceableGroupedConv2D)}
-    if not grouped:
+    from nets.layers import TraceableGroupedConv2D, TraceableNormalization
+
+    def swap_for(layer):
+        if (isinstance(layer, layers.Conv2D) and layer.groups > 1
+                and not isinstance(layer, TraceableGroupedConv2D)):
+            return TraceableGroupedConv2D
+        if (isinstance(layer, layers.Normalization) and layer.input_mean is not None
+                and not isinstance(layer, TraceableNormalization)):
+            return TraceableNormalization
+        return None
+
+    swaps = {layer.name: swap_for(layer) for layer in model.layers if swap_for(layer)}
+    if not swaps:
         return model
     clone = keras.models.clone_model(
-        model, clone_function=lambda layer: (TraceableGroupedConv2D.from_config(layer.get_config())
-                                             if layer.name in grouped else layer))
-    for name in grouped:
+        model, clone_function=lambda layer: (swaps[layer.name].from_config(layer.get_config())
+                                             if layer.name in swaps else layer))
+    for name in swaps:
         clone.get_layer(name).set_weights(model.get_layer(name).get_weights())
     # Keras exports only a model that has been called; a symbolic call is enough (TensorFlow
-    # could not run this one on CPU)
+    # could not run a TraceableGroupedConv2D on CPU)
     clone(keras.tree.map_structure(lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype), model.input))
     return clone
 
@@ -332,6 +342,12 @@ def _write_onnx(model, path) -> dict:
                               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
         if unconverted:
             raise ExportError(f"ONNX conversion left TensorFlow ops tf2onnx cannot convert: {', '.join(unconverted)}")
+        # a tensor the graph captured (not a variable) comes out as one more input
+        stored = {t.name for t in proto.graph.initializer}
+        inputs = [t.name for t in proto.graph.input if t.name not in stored]
+        if len(inputs) != len(model.inputs):
+            raise ExportError(f"ONNX conversion gave {len(inputs)} inputs ({', '.join(inputs)}) to a model with "
+                              f"{len(model.inputs)}: a layer's constants were captured as inputs")
     return {"tf2onnx": tf2onnx.__version__,
             "onnx_opset": int(next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))}
 
