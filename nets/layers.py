@@ -95,26 +95,31 @@ class TraceableGroupedConv2D(layers.Conv2D):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TraceableNormalization(layers.Normalization):
-    """A Normalization with a given mean and variance whose constants trace as graph constants.
+    """A Normalization whose mean and variance trace as graph constants or variables.
 
-    Given ``mean`` and ``variance`` (not adapted), Keras 3's Normalization keeps them as eager
-    tensors, which a tf.function captures as extra graph inputs; tf2onnx writes those as inputs of
-    the .onnx file (DenseNet121's ``densenet121_preprocess``: a file with three inputs that no
-    detector runtime can feed). Made from NumPy inside the call they trace as Const ops, which
-    tf2onnx writes as initializers. Only for conversion (utils.inference.export swaps it in for
-    ONNX); the same config and the same arithmetic as the Normalization it replaces.
+    Keras 3's Normalization keeps its mean and variance as eager tensors, whether given (made
+    from the config at build) or adapted (computed from the variables by ``finalize_state``); a
+    tf.function captures those as extra graph inputs, and tf2onnx writes them as inputs of the
+    .onnx file (DenseNet121's ``densenet121_preprocess``: a file with three inputs that no
+    detector runtime can feed). Here given values are NumPy constants inside the call (Const
+    ops: initializers in ONNX) and adapted ones are read from the layer's variables, which
+    tf2onnx freezes. Only for conversion (utils.inference.export swaps it in for ONNX); the same
+    config, weights and arithmetic as the Normalization it replaces.
     """
 
     def call(self, inputs):
-        if self.input_mean is None or keras.backend.backend() != "tensorflow":
-            return super().call(inputs)  # adapted: mean and variance are variables, which trace fine
         import numpy as np
-        import tensorflow as tf
-        inputs = tf.convert_to_tensor(inputs, dtype=self.compute_dtype)
-        mean = tf.constant(ops.convert_to_numpy(self.mean), dtype=self.compute_dtype)
-        std = tf.maximum(tf.sqrt(tf.constant(ops.convert_to_numpy(self.variance), dtype=self.compute_dtype)),
-                         np.float32(keras.backend.epsilon()))
-        return mean + inputs * std if self.invert else (inputs - mean) / std
+        dtype = self.compute_dtype
+        inputs = ops.cast(inputs, dtype)
+        if self.input_mean is None:  # adapted: the variables, not Keras' tensors made from them
+            mean = ops.reshape(ops.cast(self.adapt_mean, dtype), self._broadcast_shape)
+            std = ops.maximum(ops.sqrt(ops.reshape(ops.cast(self.adapt_variance, dtype), self._broadcast_shape)),
+                              keras.backend.epsilon())
+        else:
+            mean = ops.convert_to_numpy(self.mean).astype(dtype)
+            std = np.maximum(np.sqrt(ops.convert_to_numpy(self.variance).astype(dtype)),
+                             keras.backend.epsilon()).astype(dtype)
+        return ops.add(mean, ops.multiply(inputs, std)) if self.invert else ops.divide(ops.subtract(inputs, mean), std)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -493,11 +493,11 @@ def test_grouped_convolutions_convert_to_onnx(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_fixed_normalization_converts_to_onnx_with_one_input(tmp_path, monkeypatch):
-    """DenseNet121's preprocessing (a Normalization with a given mean and variance) traces its
-    constants as graph inputs; the exporter swaps in TraceableNormalization, and a graph that
-    still comes out with extra inputs is refused, not written."""
-    import keras
+def test_normalization_converts_to_onnx_with_one_input(tmp_path, monkeypatch):
+    """Keras' Normalization (DenseNet121's preprocessing: a given mean and variance) traces its
+    mean and variance as graph inputs; the exporter swaps in TraceableNormalization (given,
+    inverted and adapted layers alike), and a graph that still comes out with extra inputs is
+    refused, not written."""
     import onnx
     import onnxruntime as ort
     from keras import layers
@@ -505,25 +505,33 @@ def test_fixed_normalization_converts_to_onnx_with_one_input(tmp_path, monkeypat
     import utils.inference.export as export
     from nets.layers import TraceableNormalization
     keras.utils.set_random_seed(4)
-    x = keras.Input((8, 8, 3), name="image")
+    rng = np.random.default_rng(0)
     mean, variance = [120.0, 110.0, 100.0], [58.0 ** 2, 57.0 ** 2, 56.0 ** 2]
+    adapted = layers.Normalization(name="adapted")
+    adapted.adapt(rng.normal(2.0, 3.0, size=(64, 3)).astype(np.float32))
+    x = keras.Input((8, 8, 3), name="image")
     n = layers.Normalization(mean=mean, variance=variance, name="norm")(x)
-    model = keras.Model(x, layers.Conv2D(4, 3, name="conv")(n), name="normed")
+    back = layers.Normalization(mean=5.0, variance=4.0, invert=True, axis=None, name="back")(n)
+    model = keras.Model(x, layers.Conv2D(4, 3, name="conv")(adapted(back)), name="normed")
     clone = export.onnx_traceable(model)
-    assert isinstance(clone.get_layer("norm"), TraceableNormalization) and clone.get_layer("conv") is model.get_layer("conv")
+    assert all(isinstance(clone.get_layer(k), TraceableNormalization) for k in ("norm", "back", "adapted"))
+    assert clone.get_layer("conv") is model.get_layer("conv")
+    images = rng.uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
+    # against NumPy: (x - mean) / std, then inverted: x * 2 + 5, then the adapted statistics
+    by_hand = (images - np.array(mean, np.float32)) / np.sqrt(np.array(variance, np.float32)) * 2.0 + 5.0
+    a_mean, a_var = (np.asarray(w).reshape(-1) for w in adapted.get_weights()[:2])
+    by_hand = (by_hand - a_mean) / np.sqrt(a_var)
+    cut = lambda m: keras.Model(m.input, m.get_layer("adapted").output)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(cut(model)(images)), by_hand, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(cut(clone)(images)), by_hand, rtol=1e-5, atol=1e-4)
     path = str(tmp_path / "n.onnx")
     export._write_onnx(model, path)
     graph = onnx.load(path).graph
     assert [t.name for t in graph.input if t.name not in {i.name for i in graph.initializer}] == ["image"]
-    images = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
-    session = ort.InferenceSession(path)
-    got = session.run(None, {"image": images})[0]
-    # against NumPy: (x - mean) / std, then the Keras conv
-    by_hand = (images - np.array(mean, np.float32)) / np.sqrt(np.array(variance, np.float32))
-    np.testing.assert_allclose(np.asarray(model.get_layer("norm")(images)), by_hand, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(got, np.asarray(model(images)), atol=1e-4)
+    got = ort.InferenceSession(path).run(None, {"image": images})[0]
+    np.testing.assert_allclose(got, np.asarray(model(images)), rtol=1e-4, atol=1e-4)
     # without the swap, the constants come out as inputs: refused, and no file is left
     monkeypatch.setattr(export, "onnx_traceable", lambda m: m)
-    with pytest.raises(export.ExportError, match=r"gave 3 inputs .* to a model with 1"):
+    with pytest.raises(export.ExportError, match=r"gave \d+ inputs .* for a model with 1: a layer's constants"):
         export._write_onnx(model, str(tmp_path / "bad.onnx"))
     assert not (tmp_path / "bad.onnx").exists()

@@ -21,7 +21,8 @@ What each format carries (TF 2.21, tf2onnx 1.17, LiteRT 2.x; checked by tests/te
   SavedModel   everything (both NMS kinds).
   ONNX         both NMS kinds: tf2onnx maps CombinedNonMaxSuppression to ONNX
                NonMaxSuppression, and the DIoU while_loop to an ONNX Loop. Grouped Conv2D
-               (ShuffleNetV1) through onnx_traceable: ONNX Conv with group.
+               (ShuffleNetV1) through onnx_traceable: ONNX Conv with group; Normalization
+               (DenseNet121's preprocessing) with its mean and variance as initializers.
   TFLite fp32/fp16   DIoU-NMS only: its while_loop converts to builtin ops (WHILE, GATHER,
                SELECT_V2, ...). IoU-NMS is tf.image.combined_non_max_suppression, which is no
                TFLite builtin; it needs SELECT_TF_OPS (the Flex delegate), which the Python
@@ -282,24 +283,22 @@ def _int8_float_heads(conv) -> bytes:
 def onnx_traceable(model):
     """``model`` with the layers tf2onnx cannot convert as they are swapped for equivalents it
     can (nets/layers.py says why for each): every grouped Conv2D as a TraceableGroupedConv2D,
-    every Normalization with a given mean and variance as a TraceableNormalization; the same
-    weights, and every other layer shared with ``model``, not copied. ``model`` itself when it
-    has none of them."""
+    every Normalization as a TraceableNormalization; the same weights, and every other layer
+    shared with ``model``, not copied. ``model`` itself when it has none of them. Only the
+    model's own layers are looked at, not those inside a nested model (the project's models are
+    flat; _write_onnx refuses what would still not convert)."""
     import keras
     from keras import layers
 
     from nets.layers import TraceableGroupedConv2D, TraceableNormalization
-
-    def swap_for(layer):
-        if (isinstance(layer, layers.Conv2D) and layer.groups > 1
-                and not isinstance(layer, TraceableGroupedConv2D)):
-            return TraceableGroupedConv2D
-        if (isinstance(layer, layers.Normalization) and layer.input_mean is not None
-                and not isinstance(layer, TraceableNormalization)):
-            return TraceableNormalization
-        return None
-
-    swaps = {layer.name: swap_for(layer) for layer in model.layers if swap_for(layer)}
+    swaps = {}
+    for layer in model.layers:
+        if isinstance(layer, (TraceableGroupedConv2D, TraceableNormalization)):
+            continue
+        if isinstance(layer, layers.Conv2D) and layer.groups > 1:
+            swaps[layer.name] = TraceableGroupedConv2D
+        elif isinstance(layer, layers.Normalization):
+            swaps[layer.name] = TraceableNormalization
     if not swaps:
         return model
     clone = keras.models.clone_model(
@@ -346,8 +345,9 @@ def _write_onnx(model, path) -> dict:
         stored = {t.name for t in proto.graph.initializer}
         inputs = [t.name for t in proto.graph.input if t.name not in stored]
         if len(inputs) != len(model.inputs):
-            raise ExportError(f"ONNX conversion gave {len(inputs)} inputs ({', '.join(inputs)}) to a model with "
-                              f"{len(model.inputs)}: a layer's constants were captured as inputs")
+            why = ": a layer's constants were captured as inputs" if len(inputs) > len(model.inputs) else ""
+            raise ExportError(f"ONNX conversion gave {len(inputs)} inputs ({', '.join(inputs)}) for a model with "
+                              f"{len(model.inputs)}{why}")
     return {"tf2onnx": tf2onnx.__version__,
             "onnx_opset": int(next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))}
 
