@@ -532,6 +532,7 @@ def test_normalization_converts_to_onnx_with_one_input(tmp_path, monkeypatch):
     np.testing.assert_allclose(got, np.asarray(model(images)), rtol=1e-4, atol=1e-4)
     # without the swap, the constants come out as inputs: refused, and no file is left
     monkeypatch.setattr(export, "onnx_traceable", lambda m: m)
-    with pytest.raises(export.ExportError, match=r"gave \d+ inputs .* for a model with 1: a layer's constants"):
+    with pytest.raises(export.ExportError, match=r"bad\.onnx: ONNX conversion gave \d+ inputs .* for a model with 1: "
+                                                 r"a layer's constants"):
         export._write_onnx(model, str(tmp_path / "bad.onnx"))
     assert not (tmp_path / "bad.onnx").exists()

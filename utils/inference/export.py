@@ -334,19 +334,19 @@ def _write_onnx(model, path) -> dict:
         try:
             onnx_traceable(model).export(tmp, format="onnx", verbose=False)
         except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
-            raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {str(exc).strip()[-800:]}") from None
+            raise ExportError(f"{path}: ONNX conversion failed: {type(exc).__name__}: {str(exc).strip()[-800:]}") from None
         proto = onnx.load(tmp, load_external_data=False)
         # tf2onnx logs an op it cannot convert and writes it as is
         unconverted = sorted({n.op_type for n in _onnx_nodes(proto.graph)
                               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
         if unconverted:
-            raise ExportError(f"ONNX conversion left TensorFlow ops tf2onnx cannot convert: {', '.join(unconverted)}")
+            raise ExportError(f"{path}: ONNX conversion left TensorFlow ops tf2onnx cannot convert: {', '.join(unconverted)}")
         # a tensor the graph captured (not a variable) comes out as one more input
         stored = {t.name for t in proto.graph.initializer}
         inputs = [t.name for t in proto.graph.input if t.name not in stored]
         if len(inputs) != len(model.inputs):
             why = ": a layer's constants were captured as inputs" if len(inputs) > len(model.inputs) else ""
-            raise ExportError(f"ONNX conversion gave {len(inputs)} inputs ({', '.join(inputs)}) for a model with "
+            raise ExportError(f"{path}: ONNX conversion gave {len(inputs)} inputs ({', '.join(inputs)}) for a model with "
                               f"{len(model.inputs)}{why}")
     return {"tf2onnx": tf2onnx.__version__,
             "onnx_opset": int(next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))}
