@@ -31,6 +31,8 @@ What each format carries (TF 2.21, tf2onnx 1.17, LiteRT 2.x; checked by tests/te
   TFLite int8  raw heads only: the post-training quantizer fails on the DIoU loop (it tries
                to quantize the loop body: 'tfl.unpack op requires the same element type'),
                and quantized box/score arithmetic would change the detections anyway.
+               Mish (CSPDarknet53) through int8_quantizable: Keras' Mish lowers to
+               log(1 + exp(x)), whose int8 EXP rounds to zero; QuantizableMish bounds it.
 When an end-to-end variant cannot be written, the raw one is, and its metadata and the
 summary say why. End-to-end exports default to DIoU-NMS so that every format carries it.
 
@@ -280,36 +282,57 @@ def _int8_float_heads(conv) -> bytes:
         return debugger.get_nondebug_quantized_model()
 
 
-def onnx_traceable(model):
-    """``model`` with the layers tf2onnx cannot convert as they are swapped for equivalents it
-    can (nets/layers.py says why for each): every grouped Conv2D as a TraceableGroupedConv2D,
-    every Normalization as a TraceableNormalization; the same weights, and every other layer
-    shared with ``model``, not copied. ``model`` itself when it has none of them. Only the
-    model's own layers are looked at, not those inside a nested model (the project's models are
-    flat; _write_onnx refuses what would still not convert)."""
+def _swap_layers(model, replacement):
+    """``model`` with each of its own layers for which ``replacement(layer)`` gives a new layer
+    swapped for it (same name, same weights); every other layer is shared with ``model``, not
+    copied. ``model`` itself when nothing is swapped. Only the model's own layers are looked
+    at, not those inside a nested model (the project's models are flat)."""
     import keras
-    from keras import layers
 
-    from nets.layers import TraceableGroupedConv2D, TraceableNormalization
-    swaps = {}
-    for layer in model.layers:
-        if isinstance(layer, (TraceableGroupedConv2D, TraceableNormalization)):
-            continue
-        if isinstance(layer, layers.Conv2D) and layer.groups > 1:
-            swaps[layer.name] = TraceableGroupedConv2D
-        elif isinstance(layer, layers.Normalization):
-            swaps[layer.name] = TraceableNormalization
+    swaps = {layer.name: new for layer in model.layers if (new := replacement(layer)) is not None}
     if not swaps:
         return model
-    clone = keras.models.clone_model(
-        model, clone_function=lambda layer: (swaps[layer.name].from_config(layer.get_config())
-                                             if layer.name in swaps else layer))
+    clone = keras.models.clone_model(model, clone_function=lambda layer: swaps.get(layer.name, layer))
     for name in swaps:
         clone.get_layer(name).set_weights(model.get_layer(name).get_weights())
     # Keras exports only a model that has been called; a symbolic call is enough (TensorFlow
     # could not run a TraceableGroupedConv2D on CPU)
     clone(keras.tree.map_structure(lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype), model.input))
     return clone
+
+
+def onnx_traceable(model):
+    """``model`` with the layers tf2onnx cannot convert as they are swapped for equivalents it
+    can (nets/layers.py says why for each): every grouped Conv2D as a TraceableGroupedConv2D,
+    every Normalization as a TraceableNormalization (:func:`_swap_layers`; _write_onnx refuses
+    what would still not convert)."""
+    from keras import layers
+
+    from nets.layers import TraceableGroupedConv2D, TraceableNormalization
+
+    def replacement(layer):
+        if isinstance(layer, (TraceableGroupedConv2D, TraceableNormalization)):
+            return None
+        if isinstance(layer, layers.Conv2D) and layer.groups > 1:
+            return TraceableGroupedConv2D.from_config(layer.get_config())
+        if isinstance(layer, layers.Normalization):
+            return TraceableNormalization.from_config(layer.get_config())
+        return None
+    return _swap_layers(model, replacement)
+
+
+def int8_quantizable(model):
+    """``model`` with every Mish activation as a QuantizableMish (nets/layers.py: Keras' Mish
+    quantizes to zeros), for the int8 TFLite file; ``model`` itself when it has none."""
+    from keras import layers
+
+    from nets.layers import QuantizableMish
+
+    def replacement(layer):
+        if isinstance(layer, layers.Activation) and getattr(layer.activation, "__name__", "") == "mish":
+            return QuantizableMish(name=layer.name)
+        return None
+    return _swap_layers(model, replacement)
 
 
 def _onnx_nodes(graph):
@@ -554,7 +577,11 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
                 t0 = time.perf_counter()
                 extra = {}
                 if fmt.startswith("tflite"):
-                    data = _tflite_bytes(saved_model, fmt.split("-", 1)[1], calibration, int8_heads)
+                    source_dir = saved_model
+                    if fmt == "tflite-int8" and (quantizable := int8_quantizable(net)) is not net:
+                        # its own SavedModel: the int8 file gets the quantizable Mish, the others Keras' own
+                        source_dir = _write_saved_model(quantizable, os.path.join(scratch, f"{variant}_int8_saved_model"))
+                    data = _tflite_bytes(source_dir, fmt.split("-", 1)[1], calibration, int8_heads)
                     with atomic_path(path, suffix=".tflite") as tmp:
                         with open(tmp, "wb") as f:
                             f.write(data)
