@@ -219,8 +219,9 @@ def test_int8_file_of_a_mish_network_follows_the_float_model(tmp_path, classes, 
     fp32, int8 = export_model(body, _meta(classes, "mish", 1.0), tmp_path / "q", ["tflite-fp32", "tflite-int8"], **kw)
     ops = {p.path: {d["op_name"] for d in open_model(p.path).interpreter._get_ops_details()} for p in (fp32, int8)}
     assert "RELU" not in ops[fp32.path] and "RELU" in ops[int8.path]  # only the int8 file has the swapped Mish
+    assert "mish" in json.loads(pathlib.Path(int8.meta_path).read_text())["exporter"]["activations_rewritten"]
     for g, w in zip(open_model(int8.path)(images), want):
-        assert np.std(g) > 0.1 * np.std(w) and np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.98
+        assert np.std(g) > 0.1 * np.std(w) and np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.95
     # (Keras' own Mish is not converted here for contrast: with activations this large its EXP
     # calibrates to inf and TF 2.21's quantizer crashes the process)
 

@@ -295,8 +295,8 @@ def _swap_layers(model, replacement):
     clone = keras.models.clone_model(model, clone_function=lambda layer: swaps.get(layer.name, layer))
     for name in swaps:
         clone.get_layer(name).set_weights(model.get_layer(name).get_weights())
-    # Keras exports only a model that has been called; a symbolic call is enough (TensorFlow
-    # could not run a TraceableGroupedConv2D on CPU)
+    # Keras exports only a model that has been called; a symbolic call is enough (a swapped-in
+    # layer need not run on this device: TensorFlow cannot run a TraceableGroupedConv2D on CPU)
     clone(keras.tree.map_structure(lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype), model.input))
     return clone
 
@@ -322,15 +322,17 @@ def onnx_traceable(model):
 
 
 def int8_quantizable(model):
-    """``model`` with every Mish activation as a QuantizableMish (nets/layers.py: Keras' Mish
-    quantizes to zeros), for the int8 TFLite file; ``model`` itself when it has none."""
+    """``model`` with every Mish ``Activation`` layer as a QuantizableMish (nets/layers.py: Keras'
+    Mish quantizes to zeros), for the int8 TFLite file; ``model`` itself when it has none. Only
+    Activation layers are looked at (the project's blocks put every activation in one), not a
+    layer's own ``activation="mish"`` argument."""
     from keras import layers
 
     from nets.layers import QuantizableMish
 
     def replacement(layer):
         if isinstance(layer, layers.Activation) and getattr(layer.activation, "__name__", "") == "mish":
-            return QuantizableMish(name=layer.name)
+            return QuantizableMish(name=layer.name, dtype=layer.dtype_policy)
         return None
     return _swap_layers(model, replacement)
 
@@ -564,8 +566,11 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
             reference = _reference(original, images)
             if net is not original:
                 net(images[:1], training=False)  # Keras' ONNX export wants a model that has been called
+            # the int8 file's network: Mish made quantizable (int8_quantizable); ``net`` when it has none
+            int8_net = int8_quantizable(net) if "tflite-int8" in todo else net
             saved_model, sm_seconds = None, 0.0
-            if any(f == "saved_model" or f.startswith("tflite") for f in todo):
+            if any(f == "saved_model" or (f.startswith("tflite") and not (f == "tflite-int8" and int8_net is not net))
+                   for f in todo):
                 # one SavedModel per variant: the deliverable and the TFLite converter's input
                 target = (os.path.join(out_dir, artifact_name(stem, "saved_model", variant)) if "saved_model" in todo
                           else os.path.join(scratch, f"{variant}_saved_model"))
@@ -578,9 +583,10 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
                 extra = {}
                 if fmt.startswith("tflite"):
                     source_dir = saved_model
-                    if fmt == "tflite-int8" and (quantizable := int8_quantizable(net)) is not net:
+                    if fmt == "tflite-int8" and int8_net is not net:
                         # its own SavedModel: the int8 file gets the quantizable Mish, the others Keras' own
-                        source_dir = _write_saved_model(quantizable, os.path.join(scratch, f"{variant}_int8_saved_model"))
+                        source_dir = _write_saved_model(int8_net, os.path.join(scratch, f"{variant}_int8_saved_model"))
+                        extra = {"activations_rewritten": "mish as QuantizableMish (bounded intermediates; same function)"}
                     data = _tflite_bytes(source_dir, fmt.split("-", 1)[1], calibration, int8_heads)
                     with atomic_path(path, suffix=".tflite") as tmp:
                         with open(tmp, "wb") as f:
