@@ -134,7 +134,8 @@ class QuantizableMish(layers.Layer):
     0.871 for the fp32 file, docs/benchmarks.md). Here softplus is ``relu(x) + log(1 +
     exp(-|x|))``, the same function, in which ``exp`` only sees (0, 1] and the log term
     (0, ln 2], and ``-|x|`` is ``x - 2 relu(x)`` (reusing the relu; no NEG/ABS ops). Only for
-    conversion (utils.inference.export swaps it in for the int8 file); no weights.
+    conversion (utils.inference.export swaps it in for the int8 file, whose default keeps these
+    ops in float32: XNNPACK runs float EXP/LOG, not int8 ones); no weights.
     """
 
     def call(self, x):

@@ -186,8 +186,8 @@ def test_int8_file_of_a_mish_network_follows_the_float_model(tmp_path, classes, 
     """Keras' Mish reaches TFLite as log(1 + exp(x)): with a trained network's large activations
     the int8 EXP range rounds every moderate exp to 0 and the file outputs a constant (the
     CSPDarknet53 detector's int8 file scored 0.000 mAP). The exporter swaps in QuantizableMish
-    for the int8 file only: the same function (against NumPy), and an int8 file that follows
-    the float model."""
+    for the int8 files only (the same function, against NumPy), kept float32 in the default
+    file and int8 in the full-integer one; both follow the float model."""
     from keras import layers
 
     import utils.inference.export as export
@@ -217,11 +217,17 @@ def test_int8_file_of_a_mish_network_follows_the_float_model(tmp_path, classes, 
     want = _heads(body, images)
     kw = dict(stem="m", calibration=calib, log=lambda *a: None)
     fp32, int8 = export_model(body, _meta(classes, "mish", 1.0), tmp_path / "q", ["tflite-fp32", "tflite-int8"], **kw)
-    ops = {p.path: {d["op_name"] for d in open_model(p.path).interpreter._get_ops_details()} for p in (fp32, int8)}
-    assert "RELU" not in ops[fp32.path] and "RELU" in ops[int8.path]  # only the int8 file has the swapped Mish
-    assert "mish" in json.loads(pathlib.Path(int8.meta_path).read_text())["exporter"]["activations_rewritten"]
-    for g, w in zip(open_model(int8.path)(images), want):
-        assert np.std(g) > 0.1 * np.std(w) and np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.95
+    full, = export_model(body, _meta(classes, "mish", 1.0), tmp_path / "f", ["tflite-int8"], int8_heads="int8", **kw)
+    ops = {p.path: [d["op_name"] for d in open_model(p.path).interpreter._get_ops_details()] for p in (fp32, int8, full)}
+    assert "RELU" not in ops[fp32.path]  # the float file keeps Keras' Mish
+    # default int8: QuantizableMish kept float32, so each of the three Mish is dequantized and
+    # quantized again (plus the model's input quantize and nothing at the float heads)
+    assert "RELU" in ops[int8.path] and ops[int8.path].count("DEQUANTIZE") == 3
+    assert "RELU" in ops[full.path] and ops[full.path].count("DEQUANTIZE") == 0  # full-integer: Mish in int8
+    for r, mode in ((int8, "kept float32"), (full, "int8")):
+        assert mode in json.loads(pathlib.Path(r.meta_path).read_text())["exporter"]["activations_rewritten"]
+        for g, w in zip(open_model(r.path)(images), want):
+            assert np.std(g) > 0.1 * np.std(w) and np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.95
     # (Keras' own Mish is not converted here for contrast: with activations this large its EXP
     # calibrates to inf and TF 2.21's quantizer crashes the process)
 

@@ -31,8 +31,11 @@ What each format carries (TF 2.21, tf2onnx 1.17, LiteRT 2.x; checked by tests/te
   TFLite int8  raw heads only: the post-training quantizer fails on the DIoU loop (it tries
                to quantize the loop body: 'tfl.unpack op requires the same element type'),
                and quantized box/score arithmetic would change the detections anyway.
-               Mish (CSPDarknet53) through int8_quantizable: Keras' Mish lowers to
-               log(1 + exp(x)), whose int8 EXP rounds to zero; QuantizableMish bounds it.
+               Mish (CSPDarknet53): Keras' Mish lowers to log(1 + exp(x)), whose int8 EXP
+               rounds to zero. The int8 file gets QuantizableMish (int8_quantizable), whose
+               intermediates are bounded; the default file keeps its ops in float32
+               (selective quantization, like the heads; XNNPACK runs them in float), the
+               full-integer one quantizes them.
 When an end-to-end variant cannot be written, the raw one is, and its metadata and the
 summary say why. End-to-end exports default to DIoU-NMS so that every format carries it.
 
@@ -53,6 +56,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -216,13 +220,15 @@ def _write_saved_model(model, path):
     return path
 
 
-def _tflite_bytes(saved_model_dir, precision: str, calibration=None, int8_heads: str = "float") -> bytes:
+def _tflite_bytes(saved_model_dir, precision: str, calibration=None, int8_heads: str = "float",
+                  float_layers=()) -> bytes:
     """Convert the SavedModel's serving signature to TFLite at ``precision`` (fp32, fp16, int8).
 
     Converted from the one SavedModel rather than with ``model.export(format="litert")``,
     which writes and reloads a fresh SavedModel on every call (~10-20 s each for yolo_body).
     ``int8_heads`` (int8 only): "float" keeps the three output convolutions in float32
     (:func:`_int8_float_heads`); "int8" quantizes everything (uint8 input, int8 outputs).
+    ``float_layers``: Keras layer names whose ops stay float32 in the "float" int8 mode.
     """
     import tensorflow as tf
 
@@ -237,7 +243,7 @@ def _tflite_bytes(saved_model_dir, precision: str, calibration=None, int8_heads:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = lambda: ([b] for b in _pin_input_range(_image_batches(calibration)))
         if int8_heads == "float":
-            return _guard(lambda: _int8_float_heads(conv), saved_model_dir, "int8 (float heads)")
+            return _guard(lambda: _int8_float_heads(conv, float_layers), saved_model_dir, "int8 (float heads)")
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = tf.uint8
         conv.inference_output_type = tf.int8
@@ -254,7 +260,7 @@ def _guard(convert, saved_model_dir, what) -> bytes:
                           f"{str(exc).strip()[-800:]}") from None
 
 
-def _int8_float_heads(conv) -> bytes:
+def _int8_float_heads(conv, float_layers=()) -> bytes:
     """int8 everywhere except the three output convolutions, which stay float32.
 
     Why: a raw head tensor carries box offsets (|t| ~ 1, where 0.05 is a few percent of a box
@@ -270,6 +276,15 @@ def _int8_float_heads(conv) -> bytes:
     and re-quantizes with ``denylisted_nodes`` (op output tensor names), here the model's
     output tensors, i.e. the ops that produce them. The model then takes float32 [0, 255]
     input (quantized by its first op) and returns float32 heads.
+
+    ``float_layers`` (Keras layer names; the Mish activations, :func:`mish_layers`) stay float32
+    too: every op whose output tensor is in that layer's name scope (TFLite names a tensor
+    ``<model>/<layer>_<n>/<op>``). Why: XNNPACK takes float EXP/LOG into its one partition, not
+    int8 ones. Measured in one run on a 6-conv network at 160x160, 2 cores shared with a test
+    run (docs/benchmarks.md, "heavy references"): int8 with ReLU 7.4-7.8 ms; QuantizableMish
+    kept float 15.7-18.4 ms; QuantizableMish in int8 43.7-75.0 ms (all three correlate 0.9998
+    with the float model); Keras' Mish kept float 12.9-13.4 ms, but its float EXP overflows to
+    inf on activations above ~88, and the quantizer then crashed the process (TF 2.21).
     """
     import tensorflow as tf
 
@@ -277,8 +292,14 @@ def _int8_float_heads(conv) -> bytes:
         warnings.simplefilter("ignore")  # the debugger runs tf.lite.Interpreter, which warns it is deprecated
         debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=conv.representative_dataset)
         calibrated = litert_interpreter()(model_content=debugger.calibrated_model)
-        outputs = [d["name"] for d in calibrated.get_output_details()]
-        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=outputs)
+        denied = [d["name"] for d in calibrated.get_output_details()]
+        scopes = [re.compile(rf"{re.escape(name)}(_\d+)?") for name in float_layers]
+        for op in calibrated._get_ops_details():
+            for t in op["outputs"]:
+                name = calibrated._get_tensor_details(t, 0)["name"]
+                if any(p.fullmatch(seg) for seg in name.split("/")[:-1] for p in scopes):
+                    denied.append(name)
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied)
         return debugger.get_nondebug_quantized_model()
 
 
@@ -321,19 +342,25 @@ def onnx_traceable(model):
     return _swap_layers(model, replacement)
 
 
-def int8_quantizable(model):
-    """``model`` with every Mish ``Activation`` layer as a QuantizableMish (nets/layers.py: Keras'
-    Mish quantizes to zeros), for the int8 TFLite file; ``model`` itself when it has none. Only
-    Activation layers are looked at (the project's blocks put every activation in one), not a
-    layer's own ``activation="mish"`` argument."""
+def mish_layers(model) -> list[str]:
+    """Names of ``model``'s own Mish ``Activation`` layers (the project's blocks put every
+    activation in one; a layer's own ``activation="mish"`` argument is not looked at)."""
     from keras import layers
 
+    return [layer.name for layer in model.layers
+            if isinstance(layer, layers.Activation) and getattr(layer.activation, "__name__", "") == "mish"]
+
+
+def int8_quantizable(model):
+    """``model`` with every Mish activation (:func:`mish_layers`) as a QuantizableMish
+    (nets/layers.py: Keras' Mish quantizes to zeros), for the int8 TFLite file; ``model``
+    itself when it has none."""
     from nets.layers import QuantizableMish
 
+    names = set(mish_layers(model))
+
     def replacement(layer):
-        if isinstance(layer, layers.Activation) and getattr(layer.activation, "__name__", "") == "mish":
-            return QuantizableMish(name=layer.name, dtype=layer.dtype_policy)
-        return None
+        return QuantizableMish(name=layer.name, dtype=layer.dtype_policy) if layer.name in names else None
     return _swap_layers(model, replacement)
 
 
@@ -566,8 +593,9 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
             reference = _reference(original, images)
             if net is not original:
                 net(images[:1], training=False)  # Keras' ONNX export wants a model that has been called
-            # the int8 file's network: Mish made quantizable (int8_quantizable); ``net`` when it has none
+            # Mish in the int8 file: QuantizableMish, kept float32 by default, int8 in the full-integer file
             int8_net = int8_quantizable(net) if "tflite-int8" in todo else net
+            float_mish = mish_layers(net) if int8_heads == "float" else []
             saved_model, sm_seconds = None, 0.0
             if any(f == "saved_model" or (f.startswith("tflite") and not (f == "tflite-int8" and int8_net is not net))
                    for f in todo):
@@ -586,8 +614,9 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
                     if fmt == "tflite-int8" and int8_net is not net:
                         # its own SavedModel: the int8 file gets the quantizable Mish, the others Keras' own
                         source_dir = _write_saved_model(int8_net, os.path.join(scratch, f"{variant}_int8_saved_model"))
-                        extra = {"activations_rewritten": "mish as QuantizableMish (bounded intermediates; same function)"}
-                    data = _tflite_bytes(source_dir, fmt.split("-", 1)[1], calibration, int8_heads)
+                        extra = {"activations_rewritten": "mish as QuantizableMish (bounded intermediates; same function)"
+                                                          + (", kept float32" if float_mish else ", int8")}
+                    data = _tflite_bytes(source_dir, fmt.split("-", 1)[1], calibration, int8_heads, float_mish)
                     with atomic_path(path, suffix=".tflite") as tmp:
                         with open(tmp, "wb") as f:
                             f.write(data)
