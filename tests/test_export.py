@@ -218,18 +218,38 @@ def test_int8_file_of_a_mish_network_follows_the_float_model(tmp_path, classes, 
     kw = dict(stem="m", calibration=calib, log=lambda *a: None)
     fp32, int8 = export_model(body, _meta(classes, "mish", 1.0), tmp_path / "q", ["tflite-fp32", "tflite-int8"], **kw)
     full, = export_model(body, _meta(classes, "mish", 1.0), tmp_path / "f", ["tflite-int8"], int8_heads="int8", **kw)
-    ops = {p.path: [d["op_name"] for d in open_model(p.path).interpreter._get_ops_details()] for p in (fp32, int8, full)}
+    def op_dtypes(path):
+        """{op name: set of its output dtypes} of a .tflite file."""
+        interp = open_model(path).interpreter
+        found = {}
+        for d in interp._get_ops_details():
+            found.setdefault(d["op_name"], set()).update(interp._get_tensor_details(t, 0)["dtype"] for t in d["outputs"])
+        return found
+
+    ops = {r.path: op_dtypes(r.path) for r in (fp32, int8, full)}
     assert "RELU" not in ops[fp32.path]  # the float file keeps Keras' Mish
-    # default int8: QuantizableMish kept float32, so each of the three Mish is dequantized and
-    # quantized again (plus the model's input quantize and nothing at the float heads)
-    assert "RELU" in ops[int8.path] and ops[int8.path].count("DEQUANTIZE") == 3
-    assert "RELU" in ops[full.path] and ops[full.path].count("DEQUANTIZE") == 0  # full-integer: Mish in int8
+    # default int8: QuantizableMish's ops in float32 beside int8 convolutions; full-integer: all int8
+    assert ops[int8.path]["RELU"] == ops[int8.path]["EXP"] == ops[int8.path]["LOG"] == {np.float32}
+    assert np.int8 in ops[int8.path]["CONV_2D"]
+    assert ops[full.path]["RELU"] == ops[full.path]["EXP"] == ops[full.path]["LOG"] == {np.int8}
     for r, mode in ((int8, "kept float32"), (full, "int8")):
         assert mode in json.loads(pathlib.Path(r.meta_path).read_text())["exporter"]["activations_rewritten"]
         for g, w in zip(open_model(r.path)(images), want):
             assert np.std(g) > 0.1 * np.std(w) and np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.95
     # (Keras' own Mish is not converted here for contrast: with activations this large its EXP
     # calibrates to inf and TF 2.21's quantizer crashes the process)
+
+
+def test_in_layer_scope_matches_a_layer_and_its_tensorflow_suffix_only():
+    from utils.inference.export import _in_layer_scope
+    layers_ = (["s1_mish", "activation"], ["s1_mish_2", "activation_1", "conv"])
+    assert _in_layer_scope("functional_1/s1_mish_1/Softplus", layers_)       # TF's scope suffix
+    assert _in_layer_scope("functional_1/s1_mish/Tanh", layers_)
+    assert not _in_layer_scope("functional_1/s1_mish_2/Tanh", layers_)       # another layer's own name
+    assert not _in_layer_scope("functional_1/activation_1/Relu", layers_)
+    assert not _in_layer_scope("functional_1/conv_1/convolution;functional_1/s1_mish_1/Relu", layers_)  # fused: first
+    assert not _in_layer_scope("s1_mish", layers_)                            # the op's own name is not a scope
+    assert not _in_layer_scope("functional_1/s1_mish_1/Softplus", ())
 
 
 def test_detector_from_file_runs_every_raw_export_like_keras(yolo, runtimes, classes, images):

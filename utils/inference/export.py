@@ -228,7 +228,8 @@ def _tflite_bytes(saved_model_dir, precision: str, calibration=None, int8_heads:
     which writes and reloads a fresh SavedModel on every call (~10-20 s each for yolo_body).
     ``int8_heads`` (int8 only): "float" keeps the three output convolutions in float32
     (:func:`_int8_float_heads`); "int8" quantizes everything (uint8 input, int8 outputs).
-    ``float_layers``: Keras layer names whose ops stay float32 in the "float" int8 mode.
+    ``float_layers``: Keras layer names whose ops stay float32 in the "float" int8 mode, with
+    the names of the model's other layers (:func:`_int8_float_heads`).
     """
     import tensorflow as tf
 
@@ -260,8 +261,23 @@ def _guard(convert, saved_model_dir, what) -> bytes:
                           f"{str(exc).strip()[-800:]}") from None
 
 
+def _in_layer_scope(tensor_name: str, layer_names) -> bool:
+    """Whether a TFLite tensor belongs to one of ``layer_names``: a scope segment of its name (the
+    first of a fused ``a;b`` name) is the layer's name, or that name with TensorFlow's ``_<n>``
+    suffix when the segment is not itself the name of another layer (``layer_names`` is
+    ``(names, other_names)``)."""
+    names, others = (set(n) for n in layer_names) if layer_names else (set(), set())
+    for seg in tensor_name.split(";")[0].split("/")[:-1]:
+        if seg in names:
+            return True
+        base = re.fullmatch(r"(.+)_\d+", seg)
+        if base and base.group(1) in names and seg not in others:
+            return True
+    return False
+
+
 def _int8_float_heads(conv, float_layers=()) -> bytes:
-    """int8 everywhere except the three output convolutions, which stay float32.
+    """int8 everywhere except the three output convolutions (and ``float_layers``), which stay float32.
 
     Why: a raw head tensor carries box offsets (|t| ~ 1, where 0.05 is a few percent of a box
     side) and objectness/class logits (far negative on background) in one int8 tensor with one
@@ -277,10 +293,10 @@ def _int8_float_heads(conv, float_layers=()) -> bytes:
     output tensors, i.e. the ops that produce them. The model then takes float32 [0, 255]
     input (quantized by its first op) and returns float32 heads.
 
-    ``float_layers`` (Keras layer names; the Mish activations, :func:`mish_layers`) stay float32
-    too: every op whose output tensor is in that layer's name scope (TFLite names a tensor
-    ``<model>/<layer>_<n>/<op>``). Why: XNNPACK takes float EXP/LOG into its one partition, not
-    int8 ones. Measured in one run on a 6-conv network at 160x160, 2 cores shared with a test
+    ``float_layers``, ``(names, other layer names)`` (the Mish activations, :func:`mish_layers`),
+    stay float32 too: every op whose output tensor is in such a layer's name scope (TFLite names
+    a tensor ``<model>/<layer>_<n>/<op>``; :func:`_in_layer_scope`). Why: XNNPACK takes float
+    EXP/LOG into its one partition, not int8 ones. Measured in one run on a 6-conv network at 160x160, 2 cores shared with a test
     run (docs/benchmarks.md, "heavy references"): int8 with ReLU 7.4-7.8 ms; QuantizableMish
     kept float 15.7-18.4 ms; QuantizableMish in int8 43.7-75.0 ms (all three correlate 0.9998
     with the float model); Keras' Mish kept float 12.9-13.4 ms, but its float EXP overflows to
@@ -293,11 +309,10 @@ def _int8_float_heads(conv, float_layers=()) -> bytes:
         debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=conv.representative_dataset)
         calibrated = litert_interpreter()(model_content=debugger.calibrated_model)
         denied = [d["name"] for d in calibrated.get_output_details()]
-        scopes = [re.compile(rf"{re.escape(name)}(_\d+)?") for name in float_layers]
         for op in calibrated._get_ops_details():
             for t in op["outputs"]:
                 name = calibrated._get_tensor_details(t, 0)["name"]
-                if any(p.fullmatch(seg) for seg in name.split("/")[:-1] for p in scopes):
+                if _in_layer_scope(name, float_layers):
                     denied.append(name)
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied)
         return debugger.get_nondebug_quantized_model()
@@ -595,7 +610,8 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
                 net(images[:1], training=False)  # Keras' ONNX export wants a model that has been called
             # Mish in the int8 file: QuantizableMish, kept float32 by default, int8 in the full-integer file
             int8_net = int8_quantizable(net) if "tflite-int8" in todo else net
-            float_mish = mish_layers(net) if int8_heads == "float" else []
+            mish = mish_layers(net) if int8_heads == "float" else []
+            float_mish = (mish, [layer.name for layer in net.layers if layer.name not in mish]) if mish else ()
             saved_model, sm_seconds = None, 0.0
             if any(f == "saved_model" or (f.startswith("tflite") and not (f == "tflite-int8" and int8_net is not net))
                    for f in todo):
