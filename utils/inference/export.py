@@ -221,7 +221,7 @@ def _write_saved_model(model, path):
 
 
 def _tflite_bytes(saved_model_dir, precision: str, calibration=None, int8_heads: str = "float",
-                  float_layers=()) -> bytes:
+                  float_layers=(), report: dict | None = None) -> bytes:
     """Convert the SavedModel's serving signature to TFLite at ``precision`` (fp32, fp16, int8).
 
     Converted from the one SavedModel rather than with ``model.export(format="litert")``,
@@ -229,7 +229,8 @@ def _tflite_bytes(saved_model_dir, precision: str, calibration=None, int8_heads:
     ``int8_heads`` (int8 only): "float" keeps the three output convolutions in float32
     (:func:`_int8_float_heads`); "int8" quantizes everything (uint8 input, int8 outputs).
     ``float_layers``: Keras layer names whose ops stay float32 in the "float" int8 mode, with
-    the names of the model's other layers (:func:`_int8_float_heads`).
+    the names of the model's other layers (:func:`_int8_float_heads`); ``report`` (a dict) gets
+    ``float_tensors``, how many of their tensors were found and kept float32.
     """
     import tensorflow as tf
 
@@ -244,7 +245,7 @@ def _tflite_bytes(saved_model_dir, precision: str, calibration=None, int8_heads:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = lambda: ([b] for b in _pin_input_range(_image_batches(calibration)))
         if int8_heads == "float":
-            return _guard(lambda: _int8_float_heads(conv, float_layers), saved_model_dir, "int8 (float heads)")
+            return _guard(lambda: _int8_float_heads(conv, float_layers, report), saved_model_dir, "int8 (float heads)")
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = tf.uint8
         conv.inference_output_type = tf.int8
@@ -276,7 +277,7 @@ def _in_layer_scope(tensor_name: str, layer_names) -> bool:
     return False
 
 
-def _int8_float_heads(conv, float_layers=()) -> bytes:
+def _int8_float_heads(conv, float_layers=(), report: dict | None = None) -> bytes:
     """int8 everywhere except the three output convolutions (and ``float_layers``), which stay float32.
 
     Why: a raw head tensor carries box offsets (|t| ~ 1, where 0.05 is a few percent of a box
@@ -296,11 +297,12 @@ def _int8_float_heads(conv, float_layers=()) -> bytes:
     ``float_layers``, ``(names, other layer names)`` (the Mish activations, :func:`mish_layers`),
     stay float32 too: every op whose output tensor is in such a layer's name scope (TFLite names
     a tensor ``<model>/<layer>_<n>/<op>``; :func:`_in_layer_scope`). Why: XNNPACK takes float
-    EXP/LOG into its one partition, not int8 ones. Measured in one run on a 6-conv network at 160x160, 2 cores shared with a test
-    run (docs/benchmarks.md, "heavy references"): int8 with ReLU 7.4-7.8 ms; QuantizableMish
-    kept float 15.7-18.4 ms; QuantizableMish in int8 43.7-75.0 ms (all three correlate 0.9998
-    with the float model); Keras' Mish kept float 12.9-13.4 ms, but its float EXP overflows to
-    inf on activations above ~88, and the quantizer then crashed the process (TF 2.21).
+    EXP/LOG into its one partition, not int8 ones. Measured together (three rounds) on a 6-conv
+    network at 160x160, 2 cores shared with a test run (docs/benchmarks.md, "heavy
+    references"): int8 with ReLU 7.4-7.8 ms; QuantizableMish kept float 15.7-18.4 ms;
+    QuantizableMish in int8 43.7-75.0 ms (each correlates 0.9998-0.9999 with the float model);
+    Keras' Mish kept float 12.9-13.4 ms, but its float EXP overflows to inf on activations
+    above ~88, and on such a network (the test's) the quantizer crashed the process (TF 2.21).
     """
     import tensorflow as tf
 
@@ -314,6 +316,8 @@ def _int8_float_heads(conv, float_layers=()) -> bytes:
                 name = calibrated._get_tensor_details(t, 0)["name"]
                 if _in_layer_scope(name, float_layers):
                     denied.append(name)
+        if report is not None:  # how many tensors of float_layers were found and kept float32
+            report["float_tensors"] = len(denied) - len(calibrated.get_output_details())
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied)
         return debugger.get_nondebug_quantized_model()
 
@@ -626,13 +630,18 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
                 t0 = time.perf_counter()
                 extra = {}
                 if fmt.startswith("tflite"):
-                    source_dir = saved_model
+                    source_dir, report = saved_model, {}
                     if fmt == "tflite-int8" and int8_net is not net:
                         # its own SavedModel: the int8 file gets the quantizable Mish, the others Keras' own
                         source_dir = _write_saved_model(int8_net, os.path.join(scratch, f"{variant}_int8_saved_model"))
+                    data = _tflite_bytes(source_dir, fmt.split("-", 1)[1], calibration, int8_heads, float_mish, report)
+                    if fmt == "tflite-int8" and int8_net is not net:
+                        kept = report.get("float_tensors", 0)
+                        if float_mish and not kept:  # TensorFlow named the tensors otherwise: int8 after all
+                            log("tflite-int8: no tensor of the Mish layers found to keep in float32; they are int8 "
+                                "(correct, but slower: XNNPACK has no int8 EXP/LOG)")
                         extra = {"activations_rewritten": "mish as QuantizableMish (bounded intermediates; same function)"
-                                                          + (", kept float32" if float_mish else ", int8")}
-                    data = _tflite_bytes(source_dir, fmt.split("-", 1)[1], calibration, int8_heads, float_mish)
+                                                          + (f", kept float32 ({kept} tensors)" if kept else ", int8")}
                     with atomic_path(path, suffix=".tflite") as tmp:
                         with open(tmp, "wb") as f:
                             f.write(data)
