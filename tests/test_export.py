@@ -242,14 +242,14 @@ def test_int8_file_of_a_mish_network_follows_the_float_model(tmp_path, classes, 
 
 def test_in_layer_scope_matches_a_layer_and_its_tensorflow_suffix_only():
     from utils.inference.export import _in_layer_scope
-    layers_ = (["s1_mish", "activation"], ["s1_mish_2", "activation_1", "conv"])
-    assert _in_layer_scope("functional_1/s1_mish_1/Softplus", layers_)       # TF's scope suffix
-    assert _in_layer_scope("functional_1/s1_mish/Tanh", layers_)
-    assert not _in_layer_scope("functional_1/s1_mish_2/Tanh", layers_)       # another layer's own name
-    assert not _in_layer_scope("functional_1/activation_1/Relu", layers_)
-    assert not _in_layer_scope("functional_1/conv_1/convolution;functional_1/s1_mish_1/Relu", layers_)  # fused: first
-    assert not _in_layer_scope("s1_mish", layers_)                            # the op's own name is not a scope
-    assert not _in_layer_scope("functional_1/s1_mish_1/Softplus", ())
+    layers_ = ({"s1_mish", "activation"}, {"s1_mish_2", "activation_1", "conv"})
+    assert _in_layer_scope("functional_1/s1_mish_1/Softplus", *layers_)       # TF's scope suffix
+    assert _in_layer_scope("functional_1/s1_mish/Tanh", *layers_)
+    assert not _in_layer_scope("functional_1/s1_mish_2/Tanh", *layers_)       # another layer's own name
+    assert not _in_layer_scope("functional_1/activation_1/Relu", *layers_)
+    assert not _in_layer_scope("functional_1/conv_1/convolution;functional_1/s1_mish_1/Relu", *layers_)  # fused: first
+    assert not _in_layer_scope("s1_mish", *layers_)                            # the op's own name is not a scope
+    assert not _in_layer_scope("functional_1/s1_mish_1/Softplus", set(), set())
 
 
 def test_detector_from_file_runs_every_raw_export_like_keras(yolo, runtimes, classes, images):

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import re
@@ -221,16 +222,16 @@ def _write_saved_model(model, path):
 
 
 def _tflite_bytes(saved_model_dir, precision: str, calibration=None, int8_heads: str = "float",
-                  float_layers=(), report: dict | None = None) -> bytes:
+                  keep_float=None, report: dict | None = None) -> bytes:
     """Convert the SavedModel's serving signature to TFLite at ``precision`` (fp32, fp16, int8).
 
     Converted from the one SavedModel rather than with ``model.export(format="litert")``,
     which writes and reloads a fresh SavedModel on every call (~10-20 s each for yolo_body).
     ``int8_heads`` (int8 only): "float" keeps the three output convolutions in float32
     (:func:`_int8_float_heads`); "int8" quantizes everything (uint8 input, int8 outputs).
-    ``float_layers``: Keras layer names whose ops stay float32 in the "float" int8 mode, with
-    the names of the model's other layers (:func:`_int8_float_heads`); ``report`` (a dict) gets
-    ``float_tensors``, how many of their tensors were found and kept float32.
+    ``keep_float``: in the "float" int8 mode, a predicate on TFLite tensor names whose tensors
+    stay float32 too (:func:`_int8_float_heads`); ``report`` (a dict) gets ``float_tensors``,
+    how many it matched.
     """
     import tensorflow as tf
 
@@ -245,7 +246,7 @@ def _tflite_bytes(saved_model_dir, precision: str, calibration=None, int8_heads:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = lambda: ([b] for b in _pin_input_range(_image_batches(calibration)))
         if int8_heads == "float":
-            return _guard(lambda: _int8_float_heads(conv, float_layers, report), saved_model_dir, "int8 (float heads)")
+            return _guard(lambda: _int8_float_heads(conv, keep_float, report), saved_model_dir, "int8 (float heads)")
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = tf.uint8
         conv.inference_output_type = tf.int8
@@ -262,12 +263,10 @@ def _guard(convert, saved_model_dir, what) -> bytes:
                           f"{str(exc).strip()[-800:]}") from None
 
 
-def _in_layer_scope(tensor_name: str, layer_names) -> bool:
-    """Whether a TFLite tensor belongs to one of ``layer_names``: a scope segment of its name (the
-    first of a fused ``a;b`` name) is the layer's name, or that name with TensorFlow's ``_<n>``
-    suffix when the segment is not itself the name of another layer (``layer_names`` is
-    ``(names, other_names)``)."""
-    names, others = (set(n) for n in layer_names) if layer_names else (set(), set())
+def _in_layer_scope(tensor_name: str, names, others) -> bool:
+    """Whether a TFLite tensor belongs to one of the layers ``names``: a scope segment of its name
+    (the first of a fused ``a;b`` name) is the layer's name, or that name with TensorFlow's
+    ``_<n>`` suffix when the segment is not itself the name of one of the ``others`` layers."""
     for seg in tensor_name.split(";")[0].split("/")[:-1]:
         if seg in names:
             return True
@@ -277,8 +276,8 @@ def _in_layer_scope(tensor_name: str, layer_names) -> bool:
     return False
 
 
-def _int8_float_heads(conv, float_layers=(), report: dict | None = None) -> bytes:
-    """int8 everywhere except the three output convolutions (and ``float_layers``), which stay float32.
+def _int8_float_heads(conv, keep_float=None, report: dict | None = None) -> bytes:
+    """int8 everywhere except the three output convolutions (and ``keep_float``'s tensors), which stay float32.
 
     Why: a raw head tensor carries box offsets (|t| ~ 1, where 0.05 is a few percent of a box
     side) and objectness/class logits (far negative on background) in one int8 tensor with one
@@ -294,9 +293,9 @@ def _int8_float_heads(conv, float_layers=(), report: dict | None = None) -> byte
     output tensors, i.e. the ops that produce them. The model then takes float32 [0, 255]
     input (quantized by its first op) and returns float32 heads.
 
-    ``float_layers``, ``(names, other layer names)`` (the Mish activations, :func:`mish_layers`),
-    stay float32 too: every op whose output tensor is in such a layer's name scope (TFLite names
-    a tensor ``<model>/<layer>_<n>/<op>``; :func:`_in_layer_scope`). Why: XNNPACK takes float
+    ``keep_float(tensor_name)`` picks more op outputs to keep float32: export_model's picks
+    every tensor in the name scope of a Mish activation (:func:`mish_layers`; TFLite names a
+    tensor ``<model>/<layer>_<n>/<op>``, :func:`_in_layer_scope`). Why: XNNPACK takes float
     EXP/LOG into its one partition, not int8 ones. Measured together (three rounds) on a 6-conv
     network at 160x160, 2 cores shared with a test run (docs/benchmarks.md, "heavy
     references"): int8 with ReLU 7.4-7.8 ms; QuantizableMish kept float 15.7-18.4 ms;
@@ -310,15 +309,13 @@ def _int8_float_heads(conv, float_layers=(), report: dict | None = None) -> byte
         warnings.simplefilter("ignore")  # the debugger runs tf.lite.Interpreter, which warns it is deprecated
         debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=conv.representative_dataset)
         calibrated = litert_interpreter()(model_content=debugger.calibrated_model)
-        denied = [d["name"] for d in calibrated.get_output_details()]
-        for op in calibrated._get_ops_details():
-            for t in op["outputs"]:
-                name = calibrated._get_tensor_details(t, 0)["name"]
-                if _in_layer_scope(name, float_layers):
-                    denied.append(name)
-        if report is not None:  # how many tensors of float_layers were found and kept float32
-            report["float_tensors"] = len(denied) - len(calibrated.get_output_details())
-        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied)
+        outputs = [d["name"] for d in calibrated.get_output_details()]
+        picked = [] if keep_float is None else [
+            name for op in calibrated._get_ops_details() for t in op["outputs"]
+            if keep_float(name := calibrated._get_tensor_details(t, 0)["name"])]
+        if report is not None:
+            report["float_tensors"] = len(picked)
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=outputs + picked)
         return debugger.get_nondebug_quantized_model()
 
 
@@ -614,10 +611,13 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
                 net(images[:1], training=False)  # Keras' ONNX export wants a model that has been called
             # Mish in the int8 file: QuantizableMish, kept float32 by default, int8 in the full-integer file
             int8_net = int8_quantizable(net) if "tflite-int8" in todo else net
-            mish = mish_layers(net) if int8_heads == "float" else []
-            float_mish = (mish, [layer.name for layer in net.layers if layer.name not in mish]) if mish else ()
+            rewritten, keep_float = int8_net is not net, None
+            if rewritten and int8_heads == "float":
+                mish = set(mish_layers(net))
+                others = {layer.name for layer in net.layers} - mish
+                keep_float = functools.partial(_in_layer_scope, names=mish, others=others)
             saved_model, sm_seconds = None, 0.0
-            if any(f == "saved_model" or (f.startswith("tflite") and not (f == "tflite-int8" and int8_net is not net))
+            if any(f == "saved_model" or (f.startswith("tflite") and not (f == "tflite-int8" and rewritten))
                    for f in todo):
                 # one SavedModel per variant: the deliverable and the TFLite converter's input
                 target = (os.path.join(out_dir, artifact_name(stem, "saved_model", variant)) if "saved_model" in todo
@@ -630,14 +630,14 @@ def export_model(model, meta: dict, out_dir, formats=DEFAULT_FORMATS, stem: str 
                 t0 = time.perf_counter()
                 extra = {}
                 if fmt.startswith("tflite"):
-                    source_dir, report = saved_model, {}
-                    if fmt == "tflite-int8" and int8_net is not net:
+                    source_dir, report, own = saved_model, {}, fmt == "tflite-int8" and rewritten
+                    if own:
                         # its own SavedModel: the int8 file gets the quantizable Mish, the others Keras' own
                         source_dir = _write_saved_model(int8_net, os.path.join(scratch, f"{variant}_int8_saved_model"))
-                    data = _tflite_bytes(source_dir, fmt.split("-", 1)[1], calibration, int8_heads, float_mish, report)
-                    if fmt == "tflite-int8" and int8_net is not net:
+                    data = _tflite_bytes(source_dir, fmt.split("-", 1)[1], calibration, int8_heads, keep_float, report)
+                    if own:
                         kept = report.get("float_tensors", 0)
-                        if float_mish and not kept:  # TensorFlow named the tensors otherwise: int8 after all
+                        if keep_float and not kept:  # TensorFlow named the tensors otherwise: int8 after all
                             log("tflite-int8: no tensor of the Mish layers found to keep in float32; they are int8 "
                                 "(correct, but slower: XNNPACK has no int8 EXP/LOG)")
                         extra = {"activations_rewritten": "mish as QuantizableMish (bounded intermediates; same function)"
